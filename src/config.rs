@@ -1,0 +1,261 @@
+//! Server configuration: the PascalCase keys and defaults of the original Go `Config`
+//! (PROTOCOL.md §4), plus our own limits in the same style. A JSON file uses exactly these
+//! names; an unknown key is an error, so that a typo never silently falls back to a default.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default, deny_unknown_fields)]
+pub struct Config {
+    /// TCP listener for clients and inner connections (0: any free port).
+    #[serde(deserialize_with = "port")]
+    pub port: u16,
+    /// HTTP listener (0: any free port).
+    #[serde(deserialize_with = "port")]
+    pub http_port: u16,
+    /// Address the TCP listener binds.
+    pub bind_address: IpAddr,
+    /// Address the HTTP listener binds.
+    pub http_bind_address: IpAddr,
+    /// Public `ip:port` list handed out by `/plex/v1/host`; empty means `127.0.0.1:<Port>`.
+    pub outer_servers: Vec<String>,
+    /// Password of inner connections and bearer token of the HTTP API.
+    pub inner_password: String,
+    /// Verbose (trace) logging.
+    pub show_trace: bool,
+    /// Cap on live TCP connections, 0 = none.
+    pub max_connection: usize,
+    /// Seconds an unauthenticated connection may live.
+    pub auth_timeout: u64,
+    /// Heartbeat interval, in seconds, that clients are expected to use.
+    pub heartbeat: u64,
+    /// Seconds without a frame after which a connection is closed.
+    pub heartbeat_timeout: u64,
+    /// Byte order of the length header.
+    pub little_endian: bool,
+    /// Largest payload a user (or not yet authenticated) connection may send.
+    pub max_frame_size: u32,
+    /// Largest payload an inner connection may send.
+    pub max_inner_frame_size: u32,
+    /// Failed authentications after which a connection is closed.
+    pub max_auth_failures: u32,
+    /// Malformed frames after which a connection is closed.
+    pub max_bad_frames: u32,
+    /// Output a connection may leave unread before it is closed as a slow consumer.
+    pub max_pending_bytes: usize,
+    /// Listen backlog of both listeners.
+    pub backlog: u32,
+    /// Seconds a shutdown waits for pending output to drain before closing anyway.
+    pub shutdown_timeout: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 9578,
+            http_port: 9579,
+            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            http_bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            outer_servers: Vec::new(),
+            inner_password: DEFAULT_INNER_PASSWORD.to_owned(),
+            show_trace: false,
+            max_connection: 0,
+            auth_timeout: 30,
+            heartbeat: 60,
+            heartbeat_timeout: 120,
+            little_endian: false,
+            max_frame_size: 64 * 1024,
+            max_inner_frame_size: 1024 * 1024,
+            max_auth_failures: 3,
+            max_bad_frames: 10,
+            max_pending_bytes: 1024 * 1024,
+            backlog: 1024,
+            shutdown_timeout: 5,
+        }
+    }
+}
+
+/// The original's default inner password; fine on a laptop, never on a network.
+pub const DEFAULT_INNER_PASSWORD: &str = "plex-inner";
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads a JSON config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Config::from_json(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    pub fn from_json(text: &str) -> Result<Config, ConfigError> {
+        serde_json::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// Checks the settings against each other; every error names the key to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("AuthTimeout", self.auth_timeout),
+            ("Heartbeat", self.heartbeat),
+            ("HeartbeatTimeout", self.heartbeat_timeout),
+            ("MaxFrameSize", self.max_frame_size.into()),
+            ("MaxInnerFrameSize", self.max_inner_frame_size.into()),
+            ("MaxAuthFailures", self.max_auth_failures.into()),
+            ("MaxBadFrames", self.max_bad_frames.into()),
+            ("MaxPendingBytes", self.max_pending_bytes as u64),
+            ("Backlog", self.backlog.into()),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError(format!("{name} must be greater than 0")));
+        }
+        // Timeouts are kept as 32-bit ticks of 100 ms; a year is plenty.
+        let year = 365 * 24 * 3600;
+        for (name, secs) in [
+            ("AuthTimeout", self.auth_timeout),
+            ("HeartbeatTimeout", self.heartbeat_timeout),
+            ("ShutdownTimeout", self.shutdown_timeout),
+        ] {
+            if secs > year {
+                return Err(ConfigError(format!(
+                    "{name} must be at most {year} seconds"
+                )));
+            }
+        }
+        if self.inner_password.is_empty() {
+            return Err(ConfigError("InnerPassword must not be empty".into()));
+        }
+        if let Some(bad) = self.outer_servers.iter().find(|s| !is_host_port(s)) {
+            return Err(ConfigError(format!(
+                "OuterServers entry {bad:?} is not host:port"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The settings in one line for the startup log, secrets masked.
+    pub fn summary(&self) -> String {
+        format!(
+            "Port={} HttpPort={} BindAddress={} HttpBindAddress={} OuterServers={:?} \
+             InnerPassword=*** ShowTrace={} MaxConnection={} AuthTimeout={}s Heartbeat={}s \
+             HeartbeatTimeout={}s LittleEndian={} MaxFrameSize={} MaxInnerFrameSize={} \
+             MaxAuthFailures={} MaxBadFrames={} MaxPendingBytes={} Backlog={} ShutdownTimeout={}s",
+            self.port,
+            self.http_port,
+            self.bind_address,
+            self.http_bind_address,
+            self.outer_servers,
+            self.show_trace,
+            self.max_connection,
+            self.auth_timeout,
+            self.heartbeat,
+            self.heartbeat_timeout,
+            self.little_endian,
+            self.max_frame_size,
+            self.max_inner_frame_size,
+            self.max_auth_failures,
+            self.max_bad_frames,
+            self.max_pending_bytes,
+            self.backlog,
+            self.shutdown_timeout,
+        )
+    }
+}
+
+fn is_host_port(s: &str) -> bool {
+    matches!(s.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// Ports may be numbers or strings, as in the Go config (`"Port": "9578"`).
+fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Port {
+        Number(u16),
+        Text(String),
+    }
+    match Port::deserialize(d)? {
+        Port::Number(n) => Ok(n),
+        Port::Text(s) => s.trim().parse().map_err(|_| {
+            serde::de::Error::custom(format!("port {s:?} is not a number from 0 to 65535"))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_originals() {
+        let c = Config::default();
+        assert_eq!((c.port, c.http_port), (9578, 9579));
+        assert_eq!(c.inner_password, "plex-inner");
+        assert_eq!(
+            (c.auth_timeout, c.heartbeat, c.heartbeat_timeout),
+            (30, 60, 120)
+        );
+        assert!(!c.little_endian);
+        assert_eq!(Config::from_json("{}").unwrap(), c);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn reads_go_style_file_with_string_ports() {
+        let c = Config::from_json(
+            r#"{"Port": "7000", "HttpPort": 7001, "OuterServers": ["1.2.3.4:7000"],
+                "InnerPassword": "s3cret", "ShowTrace": true, "MaxConnection": 10,
+                "AuthTimeout": 5, "Heartbeat": 10, "HeartbeatTimeout": 20, "LittleEndian": true}"#,
+        )
+        .unwrap();
+        assert_eq!((c.port, c.http_port, c.max_connection), (7000, 7001, 10));
+        assert_eq!(c.outer_servers, ["1.2.3.4:7000"]);
+        assert!(c.little_endian && c.show_trace);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let e = Config::from_json(r#"{"Prot": 1}"#).unwrap_err();
+        assert!(e.0.contains("Prot"), "{e}");
+        assert!(
+            Config::from_json(r#"{"Port": "http"}"#)
+                .unwrap_err()
+                .0
+                .contains("http")
+        );
+        assert!(Config::from_json(r#"{"Port": 70000}"#).is_err());
+        let zero = Config {
+            heartbeat_timeout: 0,
+            ..Config::default()
+        };
+        assert!(zero.validate().unwrap_err().0.contains("HeartbeatTimeout"));
+        let bad_host = Config {
+            outer_servers: vec!["nohost".into()],
+            ..Config::default()
+        };
+        assert!(bad_host.validate().is_err());
+    }
+
+    #[test]
+    fn summary_masks_the_password() {
+        let c = Config {
+            inner_password: "hunter2".into(),
+            ..Config::default()
+        };
+        assert!(!c.summary().contains("hunter2"));
+    }
+}

@@ -1,0 +1,748 @@
+//! The reactor: one thread, one `mio::Poll`, every connection in one slab.
+//!
+//! A turn is: poll → dispatch each event (accept, read and process frames, write) → run the
+//! handle's commands → expire timers → flush every connection that got output this turn, with
+//! one write each. The reactor is the only owner of `Poll`, the slab, the timer wheel and the
+//! registry; everything below it gets `&mut` for the length of a call and nothing calls back up.
+
+mod buffer;
+mod conn;
+mod plex;
+mod registry;
+mod timer;
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, error, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::config::Config;
+use crate::handle::{Command, Commands};
+use crate::protocol::{ByteOrder, Message, SeqClock};
+use crate::stats::{Counters, Stats};
+use buffer::BufferPool;
+use conn::{Conn, ConnRef, State};
+use registry::Registry;
+use timer::{TimerId, TimerWheel};
+
+pub use conn::CloseReason;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+/// Connection tokens start here: `Token(slab key + FIRST_CONN)`.
+const FIRST_CONN: usize = 3;
+
+/// Timer resolution. Timeouts fire between their nominal time and one tick later.
+const TICK: Duration = Duration::from_millis(100);
+/// Wheel size: 4096 ticks of 100 ms cover the default timeouts in one revolution.
+const WHEEL_SLOTS: usize = 4096;
+/// Shared read buffer: the most one `read` takes from a socket.
+const SCRATCH_LEN: usize = 64 * 1024;
+/// Bytes read from one connection before others get their turn.
+const READ_BUDGET: usize = 256 * 1024;
+/// Handle commands run per turn before I/O gets its turn again.
+const COMMAND_BUDGET: usize = 4096;
+/// Pause after the process runs out of descriptors, before accepting again.
+const ACCEPT_PAUSE_TICKS: u64 = 1;
+/// Output buffers kept for reuse, in bytes.
+const POOL_BYTES: usize = 8 * 1024 * 1024;
+
+fn conn_token(key: usize) -> Token {
+    Token(key + FIRST_CONN)
+}
+
+/// Application callbacks, run on the reactor thread.
+pub(crate) struct Hooks {
+    pub auth: Box<dyn FnMut(&str) -> Option<String> + Send>,
+    pub on_online: Option<Box<dyn FnMut(&str) + Send>>,
+    pub on_offline: Option<Box<dyn FnMut(&str) + Send>>,
+    pub on_message: Option<Box<dyn FnMut(&str, Message) + Send>>,
+}
+
+/// Settings read on the hot path, derived once from the `Config`.
+struct Limits {
+    order: ByteOrder,
+    max_frame: u32,
+    max_inner_frame: u32,
+    auth_ticks: u32,
+    heartbeat_ticks: u32,
+    shutdown_ticks: u64,
+    max_auth_failures: u32,
+    max_bad_frames: u32,
+    max_pending: usize,
+    max_connection: usize,
+    inner_password: String,
+}
+
+impl Limits {
+    fn new(config: &Config) -> Self {
+        Limits {
+            order: ByteOrder::from_little_endian(config.little_endian),
+            max_frame: config.max_frame_size,
+            max_inner_frame: config.max_inner_frame_size,
+            auth_ticks: secs_to_ticks(config.auth_timeout),
+            heartbeat_ticks: secs_to_ticks(config.heartbeat_timeout),
+            shutdown_ticks: secs_to_ticks(config.shutdown_timeout).into(),
+            max_auth_failures: config.max_auth_failures,
+            max_bad_frames: config.max_bad_frames,
+            max_pending: config.max_pending_bytes,
+            max_connection: config.max_connection,
+            inner_password: config.inner_password.clone(),
+        }
+    }
+}
+
+fn secs_to_ticks(secs: u64) -> u32 {
+    let ticks = Duration::from_secs(secs).as_millis() / TICK.as_millis();
+    u32::try_from(ticks).unwrap_or(u32::MAX)
+}
+
+/// Time as the reactor sees it, read once per turn.
+struct Clock {
+    start: Instant,
+    tick: u64,
+    unix_ms: i64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let mut clock = Clock {
+            start: Instant::now(),
+            tick: 0,
+            unix_ms: 0,
+        };
+        clock.update();
+        clock
+    }
+
+    fn update(&mut self) {
+        self.tick = (self.start.elapsed().as_millis() / TICK.as_millis()) as u64;
+        self.unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+    }
+
+    /// The current tick as stored in a connection (32 bits of 100 ms: 13 years).
+    fn tick32(&self) -> u32 {
+        self.tick as u32
+    }
+
+    fn until_tick(&self, tick: u64) -> Duration {
+        (self.start + TICK * tick as u32).saturating_duration_since(Instant::now())
+    }
+}
+
+/// Where pushes and replies go: the output side of every connection. Kept apart from the
+/// registry so that a push can walk the registry's keys while queueing.
+struct Outbox {
+    pool: BufferPool,
+    /// Connections with output queued this turn, flushed once each at the end of the turn.
+    dirty: Vec<usize>,
+    max_pending: usize,
+}
+
+impl Outbox {
+    /// Appends `bytes` to the output of connection `key`; `false` when that would pass the
+    /// pending-output cap (the caller closes it as a slow consumer).
+    fn queue(&mut self, key: usize, conn: &mut Conn, bytes: &[u8]) -> bool {
+        if conn.pending() + bytes.len() > self.max_pending {
+            return false;
+        }
+        conn.output(&mut self.pool).extend_from_slice(bytes);
+        self.mark_dirty(key, conn);
+        true
+    }
+
+    fn mark_dirty(&mut self, key: usize, conn: &mut Conn) {
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+}
+
+pub(crate) struct Reactor {
+    poll: Poll,
+    events: Events,
+    /// `None` once shutting down: no more accepts.
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    conns: Slab<Conn>,
+    wheel: TimerWheel<ConnRef>,
+    registry: Registry,
+    outbox: Outbox,
+    /// Shared read buffer: a connection keeps only the bytes of a partial frame.
+    scratch: Vec<u8>,
+    /// The frame of the push being delivered, encoded once for all its targets.
+    frame: Vec<u8>,
+    /// Connections that passed the cap during a push, closed once the push is done.
+    slow: Vec<usize>,
+    /// Connections whose read budget ran out with data possibly left in the socket.
+    unread: Vec<ConnRef>,
+    expired: Vec<ConnRef>,
+    limits: Limits,
+    hooks: Hooks,
+    seq: SeqClock,
+    counters: Counters,
+    gauges: Gauges,
+    /// `None` once the server has finished: the handle then reports `Stopped`.
+    commands: Option<Commands>,
+    commands_left: bool,
+    signals: Option<Signals>,
+    clock: Clock,
+    next_generation: u32,
+    /// Accepting is paused until this tick after running out of file descriptors.
+    accept_paused_until: Option<u64>,
+    /// Set once shutting down: the tick by which every connection is closed.
+    shutdown_deadline: Option<u64>,
+}
+
+/// Live counts kept up to date on state transitions.
+#[derive(Default)]
+struct Gauges {
+    users: u64,
+    inner: u64,
+}
+
+impl Reactor {
+    pub fn new(
+        config: &Config,
+        hooks: Hooks,
+        poll: Poll,
+        listener: TcpListener,
+        commands: Commands,
+        signals: Option<Signals>,
+    ) -> io::Result<Self> {
+        let mut listener = listener;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = signals;
+        if let Some(signals) = &mut signals {
+            poll.registry()
+                .register(signals, SIGNALS, Interest::READABLE)?;
+        }
+        let clock = Clock::new();
+        let limits = Limits::new(config);
+        Ok(Reactor {
+            poll,
+            events: Events::with_capacity(1024),
+            listener: Some(listener),
+            local_addr,
+            conns: Slab::new(),
+            wheel: TimerWheel::new(WHEEL_SLOTS, clock.tick),
+            registry: Registry::default(),
+            outbox: Outbox {
+                pool: BufferPool::new(POOL_BYTES),
+                dirty: Vec::new(),
+                max_pending: limits.max_pending,
+            },
+            scratch: vec![0; SCRATCH_LEN],
+            frame: Vec::new(),
+            slow: Vec::new(),
+            unread: Vec::new(),
+            expired: Vec::new(),
+            limits,
+            hooks,
+            seq: SeqClock::default(),
+            counters: Counters::default(),
+            gauges: Gauges::default(),
+            commands: Some(commands),
+            commands_left: false,
+            signals,
+            clock,
+            next_generation: 0,
+            accept_paused_until: None,
+            shutdown_deadline: None,
+        })
+    }
+
+    pub fn poll(&self) -> &Poll {
+        &self.poll
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server has shut down and closed every connection.
+    pub fn is_finished(&self) -> bool {
+        self.commands.is_none()
+    }
+
+    /// Runs one turn, waiting at most `timeout` (`None`: until something happens).
+    pub fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if self.is_finished() {
+            return Ok(());
+        }
+        let _guard = crate::handle::ReactorThreadGuard::enter();
+        let timeout = self.poll_timeout(timeout);
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.clock.update();
+
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(),
+                WAKER => self.commands_left = true,
+                SIGNALS => self.on_signal(),
+                token => {
+                    let key = token.0 - FIRST_CONN;
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read(key);
+                    }
+                    if event.is_writable() {
+                        self.flush(key);
+                    }
+                }
+            }
+        }
+        self.events = events;
+
+        if self.commands_left {
+            self.run_commands();
+        }
+        self.resume_unread();
+        if self
+            .accept_paused_until
+            .is_some_and(|t| t <= self.clock.tick)
+        {
+            self.accept_paused_until = None;
+            self.accept();
+        }
+        self.expire_timers();
+        self.flush_dirty();
+        if let Some(deadline) = self.shutdown_deadline {
+            self.progress_shutdown(deadline);
+        }
+        Ok(())
+    }
+
+    /// How long the next poll may sleep: until the caller's limit, the next timer tick, the
+    /// end of an accept pause, or not at all when work is left over from this turn.
+    fn poll_timeout(&self, limit: Option<Duration>) -> Option<Duration> {
+        if self.commands_left || !self.unread.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next_tick = self
+            .wheel
+            .next_busy_tick(WHEEL_SLOTS as u64)
+            .into_iter()
+            .chain(self.accept_paused_until)
+            .chain(self.shutdown_deadline)
+            .min();
+        let timer = next_tick.map(|tick| self.clock.until_tick(tick.max(self.clock.tick + 1)));
+        match (limit, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => self.admit(stream, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_transient_accept_error(&e) => {
+                    debug!("accept: {e}");
+                }
+                Err(e) => {
+                    // Out of descriptors or memory: the pending connections stay in the backlog;
+                    // retry after a pause rather than spin on an ever-readable listener.
+                    if self.accept_paused_until.is_none() {
+                        warn!("accept failed, pausing accepts: {e}");
+                    }
+                    self.accept_paused_until = Some(self.clock.tick + ACCEPT_PAUSE_TICKS);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr) {
+        if self.limits.max_connection > 0 && self.conns.len() >= self.limits.max_connection {
+            self.counters.rejected += 1;
+            debug!(
+                "{addr}: refused, MaxConnection {} reached",
+                self.limits.max_connection
+            );
+            return;
+        }
+        // Pushes are small and latency matters more than packet count.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!("{addr}: set_nodelay: {e}");
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, conn_token(key), Interest::READABLE)
+        {
+            error!("{addr}: cannot register connection: {e}");
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let now = self.clock.tick32();
+        let deadline = u64::from(now) + u64::from(self.limits.auth_ticks) + 1;
+        let timer = self.wheel.insert(
+            deadline,
+            ConnRef {
+                key: key as u32,
+                generation,
+            },
+        );
+        entry.insert(Conn::new(stream, generation, timer, now));
+        self.counters.accepted += 1;
+        debug!("{addr}: accepted as #{key}");
+    }
+
+    /// Reads until the socket is drained (edge-triggered) or the budget is spent.
+    fn read(&mut self, key: usize) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                break;
+            };
+            match conn.stream.read(&mut scratch) {
+                Ok(0) => {
+                    self.close(key, CloseReason::PeerClosed);
+                    break;
+                }
+                Ok(n) => {
+                    if !self.ingest(key, &scratch[..n]) {
+                        break;
+                    }
+                    if n >= budget {
+                        let generation = self.conns[key].generation;
+                        self.unread.push(ConnRef {
+                            key: key as u32,
+                            generation,
+                        });
+                        break;
+                    }
+                    budget -= n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("#{key}: read: {e}");
+                    self.close(key, CloseReason::IoError);
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Connections that had more to read when their budget ran out get another go.
+    fn resume_unread(&mut self) {
+        let unread = std::mem::take(&mut self.unread);
+        for r in &unread {
+            if self
+                .conns
+                .get(r.key as usize)
+                .is_some_and(|c| c.generation == r.generation)
+            {
+                self.read(r.key as usize);
+            }
+        }
+    }
+
+    /// Processes newly read bytes after any partial frame the connection kept; keeps the new
+    /// partial remainder. Returns `false` if the connection was closed.
+    fn ingest(&mut self, key: usize, bytes: &[u8]) -> bool {
+        let conn = &mut self.conns[key];
+        if conn.input.is_empty() {
+            // The common case: whole frames straight out of the shared buffer.
+            let Some(used) = self.process_frames(key, bytes) else {
+                return false;
+            };
+            if used < bytes.len() {
+                let mut input = self.outbox.pool.take();
+                input.extend_from_slice(&bytes[used..]);
+                self.conns[key].input = input;
+            }
+        } else {
+            let mut input = std::mem::take(&mut conn.input);
+            input.extend_from_slice(bytes);
+            let Some(used) = self.process_frames(key, &input) else {
+                self.outbox.pool.give(input);
+                return false;
+            };
+            input.drain(..used);
+            if input.is_empty() {
+                self.outbox.pool.give(input);
+            } else {
+                self.conns[key].input = input;
+            }
+        }
+        true
+    }
+
+    /// Writes a connection's pending output; registers for WRITABLE only if it would block.
+    fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.dirty = false;
+        match conn.write_out(&mut self.outbox.pool) {
+            Ok(true) => {
+                if conn.write_interest {
+                    conn.write_interest = false;
+                    self.set_interest(key, Interest::READABLE);
+                }
+                if self.shutdown_deadline.is_some() {
+                    self.close(key, CloseReason::Shutdown);
+                }
+            }
+            Ok(false) => {
+                if !conn.write_interest {
+                    conn.write_interest = true;
+                    self.set_interest(key, Interest::READABLE | Interest::WRITABLE);
+                }
+            }
+            Err(e) => {
+                debug!("#{key}: write: {e}");
+                self.close(key, CloseReason::IoError);
+            }
+        }
+    }
+
+    fn set_interest(&mut self, key: usize, interest: Interest) {
+        let conn = &mut self.conns[key];
+        if let Err(e) = self
+            .poll
+            .registry()
+            .reregister(&mut conn.stream, conn_token(key), interest)
+        {
+            debug!("#{key}: reregister: {e}");
+            self.close(key, CloseReason::IoError);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.outbox.dirty);
+        for &key in &dirty {
+            // A key may have been closed, or closed and reused, since it was queued.
+            if self.conns.get(key).is_some_and(|c| c.dirty) {
+                self.flush(key);
+            }
+        }
+        dirty.clear();
+        self.outbox.dirty = dirty;
+    }
+
+    /// Closes a connection now: its timer, registry entry and buffers go with it, and the
+    /// offline hook fires if it was its uid's last connection.
+    pub(crate) fn close(&mut self, key: usize, reason: CloseReason) {
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        if !conn.timer.is_none() {
+            self.wheel.cancel(conn.timer);
+        }
+        if conn.pending() > 0 && reason != CloseReason::SlowConsumer {
+            // Best effort for a last word such as /auth/failed; never waits.
+            let _ = conn.write_out(&mut self.outbox.pool);
+        }
+        if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
+            debug!("#{key}: deregister: {e}");
+        }
+        conn.release(&mut self.outbox.pool);
+        self.counters.closed(reason);
+        match conn.state {
+            State::Unauthenticated { .. } => debug!("#{key}: closed ({reason})"),
+            State::Inner => {
+                self.gauges.inner -= 1;
+                info!("#{key}: inner connection closed ({reason})");
+            }
+            State::User { uid } => {
+                self.gauges.users -= 1;
+                debug!("#{key}: uid {uid} closed ({reason})");
+                if self.registry.remove(&uid, key as u32) {
+                    if let Some(hook) = &mut self.hooks.on_offline {
+                        hook(&uid);
+                    }
+                }
+            }
+        }
+    }
+
+    fn expire_timers(&mut self) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.wheel.advance(self.clock.tick, &mut expired);
+        for r in expired.drain(..) {
+            let key = r.key as usize;
+            let Some(conn) = self
+                .conns
+                .get_mut(key)
+                .filter(|c| c.generation == r.generation)
+            else {
+                continue;
+            };
+            conn.timer = TimerId::NONE;
+            let (ticks, reason) = match conn.state {
+                State::Unauthenticated { .. } => (self.limits.auth_ticks, CloseReason::AuthTimeout),
+                State::User { .. } | State::Inner => {
+                    (self.limits.heartbeat_ticks, CloseReason::HeartbeatTimeout)
+                }
+            };
+            // One tick of slack so that a timeout never fires early.
+            let deadline = u64::from(conn.last_active) + u64::from(ticks) + 1;
+            if deadline <= self.clock.tick {
+                self.close(key, reason);
+            } else {
+                // Activity since the timer was set: sleep again for the remainder.
+                conn.timer = self.wheel.insert(deadline, r);
+            }
+        }
+        self.expired = expired;
+    }
+
+    fn run_commands(&mut self) {
+        self.commands_left = false;
+        let Some(commands) = &self.commands else {
+            return;
+        };
+        commands.rearm();
+        for _ in 0..COMMAND_BUDGET {
+            let Some(command) = self.commands.as_ref().and_then(Commands::next) else {
+                return;
+            };
+            self.run_command(command);
+        }
+        self.commands_left = true;
+    }
+
+    fn run_command(&mut self, command: Command) {
+        match command {
+            Command::Push { uids, uri, body } => {
+                self.push(&uids, &uri, &body);
+            }
+            Command::Broadcast { uri, body } => {
+                self.broadcast(&uri, &body);
+            }
+            Command::Kick { uid, reply } => {
+                let _ = reply.send(self.kick(&uid));
+            }
+            Command::Online { uids, reply } => {
+                let counts = uids.iter().map(|u| self.registry.keys(u).len()).collect();
+                let _ = reply.send(counts);
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Command::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let gauges = [
+            self.conns.len() as u64,
+            self.gauges.users,
+            self.gauges.inner,
+            self.registry.uids() as u64,
+        ];
+        let uptime = self.clock.start.elapsed().as_secs();
+        Stats::from_counters(&self.counters, gauges, uptime)
+    }
+
+    /// Closes every connection of `uid`; returns how many.
+    pub(crate) fn kick(&mut self, uid: &str) -> usize {
+        let keys = self.registry.keys(uid).to_vec();
+        for &key in &keys {
+            self.close(key as usize, CloseReason::Kicked);
+        }
+        keys.len()
+    }
+
+    fn on_signal(&mut self) {
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
+        let received: Vec<i32> = signals.pending().collect();
+        for signal in received {
+            if self.shutdown_deadline.is_some() {
+                warn!("signal {signal} during shutdown: closing every connection now");
+                self.shutdown_deadline = Some(self.clock.tick);
+            } else {
+                info!("signal {signal}: shutting down");
+                self.begin_shutdown();
+            }
+        }
+    }
+
+    /// Stops accepting and closes every connection that has nothing left to write; the rest
+    /// close as their output drains, or at the shutdown deadline.
+    pub(crate) fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(self.clock.tick + self.limits.shutdown_ticks);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accept_paused_until = None;
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.pending() == 0)
+            .map(|(key, _)| key)
+            .collect();
+        for key in idle {
+            self.close(key, CloseReason::Shutdown);
+        }
+        info!(
+            "shutting down: {} connections still flushing",
+            self.conns.len()
+        );
+    }
+
+    fn progress_shutdown(&mut self, deadline: u64) {
+        if self.clock.tick >= deadline {
+            let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+            if !keys.is_empty() {
+                warn!(
+                    "shutdown timeout: closing {} connections with unsent output",
+                    keys.len()
+                );
+            }
+            for key in keys {
+                self.close(key, CloseReason::Shutdown);
+            }
+        }
+        if self.conns.is_empty() {
+            info!("shut down");
+            self.commands = None;
+        }
+    }
+}
+
+/// Accept errors that concern one connection only; accepting goes on. Anything else (out of
+/// descriptors, out of memory) pauses accepting.
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}

@@ -1,0 +1,183 @@
+//! `Server` and its builder: binds the listeners, wires the hooks into a reactor, and runs it
+//! to completion or one turn at a time inside a host's own loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use log::info;
+use mio::net::TcpListener;
+use mio::{Poll, Token, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::handle::{self, Handle};
+use crate::protocol::Message;
+use crate::reactor::{Hooks, Reactor};
+
+/// Configures a [`Server`]: the config, the auth function and the hooks.
+pub struct ServerBuilder {
+    config: Config,
+    auth: Option<Box<dyn FnMut(&str) -> Option<String> + Send>>,
+    on_online: Option<Box<dyn FnMut(&str) + Send>>,
+    on_offline: Option<Box<dyn FnMut(&str) + Send>>,
+    on_message: Option<Box<dyn FnMut(&str, Message) + Send>>,
+    handle_signals: bool,
+}
+
+impl ServerBuilder {
+    /// The auth function: client token → uid, or `None` to reject. Required.
+    ///
+    /// It runs on the reactor thread for every `/auth/server`, so it must be quick: a function
+    /// that needs I/O belongs behind the auth webhook, not here.
+    pub fn auth(mut self, f: impl FnMut(&str) -> Option<String> + Send + 'static) -> Self {
+        self.auth = Some(Box::new(f));
+        self
+    }
+
+    /// Called when a uid goes from 0 to 1 live connections.
+    pub fn on_online(mut self, f: impl FnMut(&str) + Send + 'static) -> Self {
+        self.on_online = Some(Box::new(f));
+        self
+    }
+
+    /// Called when a uid goes from 1 to 0 live connections.
+    pub fn on_offline(mut self, f: impl FnMut(&str) + Send + 'static) -> Self {
+        self.on_offline = Some(Box::new(f));
+        self
+    }
+
+    /// Called with each upstream message: a frame from an authenticated user whose uri is
+    /// not one of the protocol's own. The server never forwards these anywhere by itself.
+    pub fn on_message(mut self, f: impl FnMut(&str, Message) + Send + 'static) -> Self {
+        self.on_message = Some(Box::new(f));
+        self
+    }
+
+    /// Shut down gracefully on SIGINT and SIGTERM (a second signal closes everything at
+    /// once). Off by default: a library should not take over a host's signals.
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.handle_signals = on;
+        self
+    }
+
+    /// Validates the config and binds the listeners; the server then accepts connections as
+    /// soon as it runs.
+    pub fn build(self) -> io::Result<Server> {
+        let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+        let mut config = self.config;
+        config.validate().map_err(|e| invalid(e.to_string()))?;
+        let auth = self
+            .auth
+            .ok_or_else(|| invalid("an auth function is required (ServerBuilder::auth)".into()))?;
+
+        let listener = bind(
+            SocketAddr::new(config.bind_address, config.port),
+            config.backlog,
+        )?;
+        let local_addr = listener.local_addr()?;
+        if config.outer_servers.is_empty() {
+            config.outer_servers = vec![format!("127.0.0.1:{}", local_addr.port())];
+        }
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), Token(1))?;
+        let (handle, commands) = handle::channel(waker);
+        let signals = if self.handle_signals {
+            Some(signal_hook_mio::v1_0::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?)
+        } else {
+            None
+        };
+        let hooks = Hooks {
+            auth,
+            on_online: self.on_online,
+            on_offline: self.on_offline,
+            on_message: self.on_message,
+        };
+        let reactor = Reactor::new(&config, hooks, poll, listener, commands, signals)?;
+        info!("listening for clients on {local_addr}");
+        Ok(Server {
+            reactor,
+            handle,
+            config,
+        })
+    }
+}
+
+/// A Plex server: a reactor with its listeners bound.
+pub struct Server {
+    reactor: Reactor,
+    handle: Handle,
+    config: Config,
+}
+
+impl Server {
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            auth: None,
+            on_online: None,
+            on_offline: None,
+            on_message: None,
+            handle_signals: false,
+        }
+    }
+
+    /// The address the client listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reactor.local_addr()
+    }
+
+    /// The effective config (with `OuterServers` filled in).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A handle for other threads: push, kick, query, shut down.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Runs until shut down (through a handle or, if enabled, a signal).
+    pub fn run(mut self) -> io::Result<()> {
+        while !self.reactor.is_finished() {
+            self.reactor.turn(None)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one turn of the reactor, waiting at most `timeout` for something to happen
+    /// (`Some(Duration::ZERO)` does not wait). For a host that drives its own loop: it may
+    /// also wait on [`AsRawFd::as_raw_fd`] becoming readable and then call `turn`.
+    pub fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.reactor.turn(timeout)
+    }
+
+    /// The server has shut down: every connection is closed and `turn` does nothing.
+    pub fn is_finished(&self) -> bool {
+        self.reactor.is_finished()
+    }
+}
+
+/// The reactor's epoll descriptor: readable whenever a turn has work to do (timers aside:
+/// a host waiting on it should still call `turn` at least every 100 ms).
+impl AsRawFd for Server {
+    fn as_raw_fd(&self) -> RawFd {
+        self.reactor.poll().as_raw_fd()
+    }
+}
+
+/// A non-blocking listener with `SO_REUSEADDR` and the configured backlog.
+fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
