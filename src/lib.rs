@@ -20,6 +20,7 @@
 //! ```
 
 pub mod auth;
+pub mod client;
 pub mod config;
 mod handle;
 pub mod protocol;
@@ -33,3 +34,9 @@ pub use protocol::Message;
 pub use reactor::CloseReason;
 pub use server::{Server, ServerBuilder};
 pub use stats::Stats;
+
+/// Internals exposed for the benchmarks, property tests and fuzz targets only; not a stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::reactor::{Registry, TimerId, TimerWheel};
+}

@@ -368,7 +368,8 @@ mod tests {
         let r = PushRequest::decode(r#"{"UID":"7","Uri":"/chat"}"#).unwrap();
         assert_eq!((&*r.uid, &*r.uri, &*r.body), ("7", "/chat", ""));
         assert!(PushRequest::decode(r#"{"uid": 7}"#).is_err());
-        let back = PushRequest::decode(&r.to_json()).unwrap();
+        let json = r.to_json();
+        let back = PushRequest::decode(&json).unwrap();
         assert_eq!(back, r);
     }
 

@@ -27,10 +27,10 @@ use crate::protocol::{ByteOrder, Message, SeqClock};
 use crate::stats::{Counters, Stats};
 use buffer::BufferPool;
 use conn::{Conn, ConnRef, State};
-use registry::Registry;
-use timer::{TimerId, TimerWheel};
 
 pub use conn::CloseReason;
+pub use registry::Registry;
+pub use timer::{TimerId, TimerWheel};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);

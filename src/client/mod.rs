@@ -1,0 +1,5 @@
+//! Clients of a Plex server.
+
+mod connection;
+
+pub use connection::Connection;
