@@ -14,15 +14,15 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 use crate::handle::{self, Handle};
 use crate::protocol::Message;
-use crate::reactor::{Hooks, Reactor};
+use crate::reactor::{AuthFn, Hooks, MessageHook, Reactor, UidHook};
 
 /// Configures a [`Server`]: the config, the auth function and the hooks.
 pub struct ServerBuilder {
     config: Config,
-    auth: Option<Box<dyn FnMut(&str) -> Option<String> + Send>>,
-    on_online: Option<Box<dyn FnMut(&str) + Send>>,
-    on_offline: Option<Box<dyn FnMut(&str) + Send>>,
-    on_message: Option<Box<dyn FnMut(&str, Message) + Send>>,
+    auth: Option<AuthFn>,
+    on_online: Option<UidHook>,
+    on_offline: Option<UidHook>,
+    on_message: Option<MessageHook>,
     handle_signals: bool,
 }
 

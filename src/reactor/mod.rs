@@ -57,12 +57,19 @@ fn conn_token(key: usize) -> Token {
     Token(key + FIRST_CONN)
 }
 
+/// Token → uid, or `None` to reject.
+pub(crate) type AuthFn = Box<dyn FnMut(&str) -> Option<String> + Send>;
+/// Called with a uid (online, offline).
+pub(crate) type UidHook = Box<dyn FnMut(&str) + Send>;
+/// Called with a uid and the upstream message it sent.
+pub(crate) type MessageHook = Box<dyn FnMut(&str, Message) + Send>;
+
 /// Application callbacks, run on the reactor thread.
 pub(crate) struct Hooks {
-    pub auth: Box<dyn FnMut(&str) -> Option<String> + Send>,
-    pub on_online: Option<Box<dyn FnMut(&str) + Send>>,
-    pub on_offline: Option<Box<dyn FnMut(&str) + Send>>,
-    pub on_message: Option<Box<dyn FnMut(&str, Message) + Send>>,
+    pub auth: AuthFn,
+    pub on_online: Option<UidHook>,
+    pub on_offline: Option<UidHook>,
+    pub on_message: Option<MessageHook>,
 }
 
 /// Settings read on the hot path, derived once from the `Config`.
@@ -419,10 +426,7 @@ impl Reactor {
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut budget = READ_BUDGET;
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                break;
-            };
+        while let Some(conn) = self.conns.get_mut(key) {
             match conn.stream.read(&mut scratch) {
                 Ok(0) => {
                     self.close(key, CloseReason::PeerClosed);

@@ -37,7 +37,11 @@ impl Events {
     /// Waits until the events satisfy `cond`; panics with what was seen on timeout.
     pub fn wait_for(&self, what: &str, cond: impl Fn(&[Event]) -> bool) {
         let ok = wait_until(WAIT, || cond(&self.0.lock().unwrap()));
-        assert!(ok, "timed out waiting for {what}; events: {:?}", self.snapshot());
+        assert!(
+            ok,
+            "timed out waiting for {what}; events: {:?}",
+            self.snapshot()
+        );
     }
 }
 
@@ -101,7 +105,10 @@ impl TestServer {
     /// A connection authenticated as `uid`.
     pub fn user(&self, uid: &str) -> Connection {
         let mut c = self.connect();
-        assert!(c.authenticate(uid, WAIT).expect("auth answer"), "auth as {uid} refused");
+        assert!(
+            c.authenticate(uid, WAIT).expect("auth answer"),
+            "auth as {uid} refused"
+        );
         c
     }
 
@@ -124,7 +131,11 @@ impl TestServer {
     /// Waits until `uid` has `n` live connections.
     pub fn wait_online(&self, uid: &str, n: usize) {
         let ok = wait_until(WAIT, || self.online(uid) == n);
-        assert!(ok, "uid {uid} never had {n} connections (has {})", self.online(uid));
+        assert!(
+            ok,
+            "uid {uid} never had {n} connections (has {})",
+            self.online(uid)
+        );
     }
 
     pub fn stats(&self) -> plex::Stats {
@@ -167,7 +178,9 @@ pub fn push(inner: &mut Connection, uid: &str, uri: &str, body: &str) {
         uri: uri.into(),
         body: body.into(),
     };
-    inner.send(uri::SEND_MSG, &request.to_json()).expect("send push");
+    inner
+        .send(uri::SEND_MSG, &request.to_json())
+        .expect("send push");
 }
 
 /// Receives the next message, failing the test after `WAIT`.
@@ -181,7 +194,14 @@ pub fn assert_closed(c: &mut Connection) {
     loop {
         match c.recv(Some(deadline.saturating_duration_since(Instant::now()))) {
             Ok(_) => continue, // drain whatever was sent before the close
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => return,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return;
+            }
             Err(e) => panic!("expected the server to close the connection, got {e}"),
         }
     }
