@@ -51,6 +51,12 @@ pub struct Config {
     pub backlog: u32,
     /// Seconds a shutdown waits for pending output to drain before closing anyway.
     pub shutdown_timeout: u64,
+    /// Largest HTTP request body; a larger `Content-Length` is answered 413.
+    pub max_http_body: usize,
+    /// Seconds an HTTP connection may stay open without completing a request.
+    pub http_idle_timeout: u64,
+    /// Cap on live HTTP connections, separate from `MaxConnection`.
+    pub max_http_connections: usize,
 }
 
 impl Default for Config {
@@ -75,6 +81,9 @@ impl Default for Config {
             max_pending_bytes: 1024 * 1024,
             backlog: 1024,
             shutdown_timeout: 5,
+            max_http_body: 1024 * 1024,
+            http_idle_timeout: 30,
+            max_http_connections: 1024,
         }
     }
 }
@@ -118,6 +127,8 @@ impl Config {
             ("MaxBadFrames", self.max_bad_frames.into()),
             ("MaxPendingBytes", self.max_pending_bytes as u64),
             ("Backlog", self.backlog.into()),
+            ("HttpIdleTimeout", self.http_idle_timeout),
+            ("MaxHttpConnections", self.max_http_connections as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError(format!("{name} must be greater than 0")));
@@ -128,6 +139,7 @@ impl Config {
             ("AuthTimeout", self.auth_timeout),
             ("HeartbeatTimeout", self.heartbeat_timeout),
             ("ShutdownTimeout", self.shutdown_timeout),
+            ("HttpIdleTimeout", self.http_idle_timeout),
         ] {
             if secs > year {
                 return Err(ConfigError(format!(
@@ -152,7 +164,8 @@ impl Config {
             "Port={} HttpPort={} BindAddress={} HttpBindAddress={} OuterServers={:?} \
              InnerPassword=*** ShowTrace={} MaxConnection={} AuthTimeout={}s Heartbeat={}s \
              HeartbeatTimeout={}s LittleEndian={} MaxFrameSize={} MaxInnerFrameSize={} \
-             MaxAuthFailures={} MaxBadFrames={} MaxPendingBytes={} Backlog={} ShutdownTimeout={}s",
+             MaxAuthFailures={} MaxBadFrames={} MaxPendingBytes={} Backlog={} ShutdownTimeout={}s \
+             MaxHttpBody={} HttpIdleTimeout={}s MaxHttpConnections={}",
             self.port,
             self.http_port,
             self.bind_address,
@@ -171,6 +184,9 @@ impl Config {
             self.max_pending_bytes,
             self.backlog,
             self.shutdown_timeout,
+            self.max_http_body,
+            self.http_idle_timeout,
+            self.max_http_connections,
         )
     }
 }

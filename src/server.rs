@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use log::info;
 use mio::net::TcpListener;
-use mio::{Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
-use crate::handle::{self, Handle};
+use crate::handle::Handle;
 use crate::protocol::Message;
-use crate::reactor::{AuthFn, Hooks, MessageHook, Reactor, UidHook};
+use crate::reactor::{AuthFn, Hooks, MessageHook, Reactor, Side, UidHook};
 
 /// Configures a [`Server`]: the config, the auth function and the hooks.
 pub struct ServerBuilder {
@@ -72,17 +71,18 @@ impl ServerBuilder {
             .auth
             .ok_or_else(|| invalid("an auth function is required (ServerBuilder::auth)".into()))?;
 
-        let listener = bind(
+        let plex = bind(
             SocketAddr::new(config.bind_address, config.port),
             config.backlog,
         )?;
-        let local_addr = listener.local_addr()?;
+        let http = bind(
+            SocketAddr::new(config.http_bind_address, config.http_port),
+            config.backlog,
+        )?;
+        let local_addr = plex.local_addr()?;
         if config.outer_servers.is_empty() {
             config.outer_servers = vec![format!("127.0.0.1:{}", local_addr.port())];
         }
-        let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), Token(1))?;
-        let (handle, commands) = handle::channel(waker);
         let signals = if self.handle_signals {
             Some(signal_hook_mio::v1_0::Signals::new([
                 signal_hook::consts::SIGINT,
@@ -97,8 +97,11 @@ impl ServerBuilder {
             on_offline: self.on_offline,
             on_message: self.on_message,
         };
-        let reactor = Reactor::new(&config, hooks, poll, listener, commands, signals)?;
-        info!("listening for clients on {local_addr}");
+        let (reactor, handle) = Reactor::new(&config, hooks, [plex, http], signals)?;
+        info!(
+            "listening for clients on {local_addr}, HTTP API on {}",
+            reactor.local_addr(Side::Http)
+        );
         Ok(Server {
             reactor,
             handle,
@@ -128,7 +131,12 @@ impl Server {
 
     /// The address the client listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.reactor.local_addr()
+        self.reactor.local_addr(Side::Plex)
+    }
+
+    /// The address the HTTP listener is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.reactor.local_addr(Side::Http)
     }
 
     /// The effective config (with `OuterServers` filled in).

@@ -19,6 +19,9 @@ pub enum State {
     User { uid: Arc<str> },
     /// An authenticated business back-end; may push.
     Inner,
+    /// A connection on the HTTP listener; `continue_sent` once `100 Continue` went out for
+    /// the request being received.
+    Http { continue_sent: bool },
 }
 
 /// A reference to a connection that stays correct when its slab key is reused.
@@ -35,23 +38,32 @@ pub enum CloseReason {
     IoError,
     AuthTimeout,
     HeartbeatTimeout,
+    /// An HTTP connection sent no complete request for `HttpIdleTimeout`.
+    IdleTimeout,
     AuthFailures,
     FrameTooLarge,
     BadFrames,
+    /// An HTTP request that cannot be answered on a reusable connection (4xx then close).
+    BadRequest,
+    /// An HTTP exchange ended by `Connection: close` or HTTP/1.0.
+    Done,
     SlowConsumer,
     Kicked,
     Shutdown,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::PeerClosed,
         CloseReason::IoError,
         CloseReason::AuthTimeout,
         CloseReason::HeartbeatTimeout,
+        CloseReason::IdleTimeout,
         CloseReason::AuthFailures,
         CloseReason::FrameTooLarge,
         CloseReason::BadFrames,
+        CloseReason::BadRequest,
+        CloseReason::Done,
         CloseReason::SlowConsumer,
         CloseReason::Kicked,
         CloseReason::Shutdown,
@@ -64,9 +76,12 @@ impl CloseReason {
             CloseReason::IoError => "io_error",
             CloseReason::AuthTimeout => "auth_timeout",
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::AuthFailures => "auth_failures",
             CloseReason::FrameTooLarge => "frame_too_large",
             CloseReason::BadFrames => "bad_frames",
+            CloseReason::BadRequest => "bad_request",
+            CloseReason::Done => "done",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Kicked => "kicked",
             CloseReason::Shutdown => "shutdown",
@@ -98,13 +113,17 @@ pub struct Conn {
     pub write_interest: bool,
     /// Queued in the reactor's flush list for this turn.
     pub dirty: bool,
+    /// Set when the connection is to close once its output is flushed: it reads nothing
+    /// more, half-closes after the last byte, and waits briefly for the peer's EOF so that
+    /// the peer is not reset before it has read our last words.
+    pub closing: Option<CloseReason>,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, generation: u32, timer: TimerId, now: u32) -> Self {
+    pub fn new(stream: TcpStream, state: State, generation: u32, timer: TimerId, now: u32) -> Self {
         Conn {
             stream,
-            state: State::Unauthenticated { failures: 0 },
+            state,
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
@@ -114,6 +133,7 @@ impl Conn {
             bad_frames: 0,
             write_interest: false,
             dirty: false,
+            closing: None,
         }
     }
 

@@ -1,28 +1,30 @@
 //! The reactor: one thread, one `mio::Poll`, every connection in one slab.
 //!
-//! A turn is: poll → dispatch each event (accept, read and process frames, write) → run the
-//! handle's commands → expire timers → flush every connection that got output this turn, with
-//! one write each. The reactor is the only owner of `Poll`, the slab, the timer wheel and the
-//! registry; everything below it gets `&mut` for the length of a call and nothing calls back up.
+//! A turn is: poll → dispatch each event (accept, read and process frames or HTTP requests,
+//! write) → run the handle's commands → expire timers → flush every connection that got output
+//! this turn, with one write each. The reactor is the only owner of `Poll`, the slab, the
+//! timer wheel and the registry; everything below it gets `&mut` for the length of a call and
+//! nothing calls back up.
 
 mod buffer;
 mod conn;
+mod http;
 mod plex;
 mod registry;
 mod timer;
 
 use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::config::Config;
-use crate::handle::{Command, Commands};
+use crate::handle::{self, Command, Commands, Handle};
 use crate::protocol::{ByteOrder, Message, SeqClock};
 use crate::stats::{Counters, Stats};
 use buffer::BufferPool;
@@ -32,11 +34,19 @@ pub use conn::CloseReason;
 pub use registry::Registry;
 pub use timer::{TimerId, TimerWheel};
 
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
-const SIGNALS: Token = Token(2);
+/// The two listeners; their tokens are `Token(side as usize)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Clients and inner connections, speaking the Plex protocol.
+    Plex = 0,
+    /// The HTTP API.
+    Http = 1,
+}
+
+const WAKER: Token = Token(2);
+const SIGNALS: Token = Token(3);
 /// Connection tokens start here: `Token(slab key + FIRST_CONN)`.
-const FIRST_CONN: usize = 3;
+const FIRST_CONN: usize = 4;
 
 /// Timer resolution. Timeouts fire between their nominal time and one tick later.
 const TICK: Duration = Duration::from_millis(100);
@@ -50,6 +60,8 @@ const READ_BUDGET: usize = 256 * 1024;
 const COMMAND_BUDGET: usize = 4096;
 /// Pause after the process runs out of descriptors, before accepting again.
 const ACCEPT_PAUSE_TICKS: u64 = 1;
+/// How long a closing connection waits for the peer's EOF after our last byte.
+const LINGER_TICKS: u32 = 20;
 /// Output buffers kept for reuse, in bytes.
 const POOL_BYTES: usize = 8 * 1024 * 1024;
 
@@ -79,12 +91,16 @@ struct Limits {
     max_inner_frame: u32,
     auth_ticks: u32,
     heartbeat_ticks: u32,
+    http_idle_ticks: u32,
     shutdown_ticks: u64,
     max_auth_failures: u32,
     max_bad_frames: u32,
     max_pending: usize,
     max_connection: usize,
+    max_http_connections: usize,
+    max_http_body: usize,
     inner_password: String,
+    outer_servers: Vec<String>,
 }
 
 impl Limits {
@@ -95,12 +111,16 @@ impl Limits {
             max_inner_frame: config.max_inner_frame_size,
             auth_ticks: secs_to_ticks(config.auth_timeout),
             heartbeat_ticks: secs_to_ticks(config.heartbeat_timeout),
+            http_idle_ticks: secs_to_ticks(config.http_idle_timeout),
             shutdown_ticks: secs_to_ticks(config.shutdown_timeout).into(),
             max_auth_failures: config.max_auth_failures,
             max_bad_frames: config.max_bad_frames,
             max_pending: config.max_pending_bytes,
             max_connection: config.max_connection,
+            max_http_connections: config.max_http_connections,
+            max_http_body: config.max_http_body,
             inner_password: config.inner_password.clone(),
+            outer_servers: config.outer_servers.clone(),
         }
     }
 }
@@ -145,8 +165,8 @@ impl Clock {
     }
 }
 
-/// Where pushes and replies go: the output side of every connection. Kept apart from the
-/// registry so that a push can walk the registry's keys while queueing.
+/// Where pushes, replies and responses go: the output side of every connection. Kept apart
+/// from the registry so that a push can walk the registry's keys while queueing.
 struct Outbox {
     pool: BufferPool,
     /// Connections with output queued this turn, flushed once each at the end of the turn.
@@ -158,10 +178,21 @@ impl Outbox {
     /// Appends `bytes` to the output of connection `key`; `false` when that would pass the
     /// pending-output cap (the caller closes it as a slow consumer).
     fn queue(&mut self, key: usize, conn: &mut Conn, bytes: &[u8]) -> bool {
-        if conn.pending() + bytes.len() > self.max_pending {
+        self.queue_with(key, conn, bytes.len(), |out| out.extend_from_slice(bytes))
+    }
+
+    /// Like `queue`, for output written in place by `write` in at most `len` bytes.
+    fn queue_with(
+        &mut self,
+        key: usize,
+        conn: &mut Conn,
+        len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
+        if conn.pending() + len > self.max_pending {
             return false;
         }
-        conn.output(&mut self.pool).extend_from_slice(bytes);
+        write(conn.output(&mut self.pool));
         self.mark_dirty(key, conn);
         true
     }
@@ -174,17 +205,25 @@ impl Outbox {
     }
 }
 
+/// Live counts kept up to date on state transitions.
+#[derive(Default)]
+struct Gauges {
+    users: u64,
+    inner: u64,
+    http: u64,
+}
+
 pub(crate) struct Reactor {
     poll: Poll,
     events: Events,
-    /// `None` once shutting down: no more accepts.
-    listener: Option<TcpListener>,
-    local_addr: SocketAddr,
+    /// Indexed by `Side`; `None` once shutting down: no more accepts.
+    listeners: [Option<TcpListener>; 2],
+    addrs: [SocketAddr; 2],
     conns: Slab<Conn>,
     wheel: TimerWheel<ConnRef>,
     registry: Registry,
     outbox: Outbox,
-    /// Shared read buffer: a connection keeps only the bytes of a partial frame.
+    /// Shared read buffer: a connection keeps only the bytes of a partial frame or request.
     scratch: Vec<u8>,
     /// The frame of the push being delivered, encoded once for all its targets.
     frame: Vec<u8>,
@@ -210,38 +249,32 @@ pub(crate) struct Reactor {
     shutdown_deadline: Option<u64>,
 }
 
-/// Live counts kept up to date on state transitions.
-#[derive(Default)]
-struct Gauges {
-    users: u64,
-    inner: u64,
-}
-
 impl Reactor {
+    /// A reactor serving `listeners` (indexed by `Side`), and the handle that talks to it.
     pub fn new(
         config: &Config,
         hooks: Hooks,
-        poll: Poll,
-        listener: TcpListener,
-        commands: Commands,
+        listeners: [TcpListener; 2],
         signals: Option<Signals>,
-    ) -> io::Result<Self> {
-        let mut listener = listener;
-        let local_addr = listener.local_addr()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+    ) -> io::Result<(Self, Handle)> {
+        let poll = Poll::new()?;
+        let [mut plex, mut http] = listeners;
+        let addrs = [plex.local_addr()?, http.local_addr()?];
+        let registry = poll.registry();
+        registry.register(&mut plex, Token(Side::Plex as usize), Interest::READABLE)?;
+        registry.register(&mut http, Token(Side::Http as usize), Interest::READABLE)?;
         let mut signals = signals;
         if let Some(signals) = &mut signals {
-            poll.registry()
-                .register(signals, SIGNALS, Interest::READABLE)?;
+            registry.register(signals, SIGNALS, Interest::READABLE)?;
         }
+        let (handle, commands) = handle::channel(Waker::new(registry, WAKER)?);
         let clock = Clock::new();
         let limits = Limits::new(config);
-        Ok(Reactor {
+        let reactor = Reactor {
             poll,
             events: Events::with_capacity(1024),
-            listener: Some(listener),
-            local_addr,
+            listeners: [Some(plex), Some(http)],
+            addrs,
             conns: Slab::new(),
             wheel: TimerWheel::new(WHEEL_SLOTS, clock.tick),
             registry: Registry::default(),
@@ -267,15 +300,16 @@ impl Reactor {
             next_generation: 0,
             accept_paused_until: None,
             shutdown_deadline: None,
-        })
+        };
+        Ok((reactor, handle))
     }
 
     pub fn poll(&self) -> &Poll {
         &self.poll
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    pub fn local_addr(&self, side: Side) -> SocketAddr {
+        self.addrs[side as usize]
     }
 
     /// The server has shut down and closed every connection.
@@ -288,7 +322,7 @@ impl Reactor {
         if self.is_finished() {
             return Ok(());
         }
-        let _guard = crate::handle::ReactorThreadGuard::enter();
+        let _guard = handle::ReactorThreadGuard::enter();
         let timeout = self.poll_timeout(timeout);
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -300,7 +334,8 @@ impl Reactor {
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.accept(),
+                Token(0) => self.accept(Side::Plex),
+                Token(1) => self.accept(Side::Http),
                 WAKER => self.commands_left = true,
                 SIGNALS => self.on_signal(),
                 token => {
@@ -325,7 +360,8 @@ impl Reactor {
             .is_some_and(|t| t <= self.clock.tick)
         {
             self.accept_paused_until = None;
-            self.accept();
+            self.accept(Side::Plex);
+            self.accept(Side::Http);
         }
         self.expire_timers();
         self.flush_dirty();
@@ -355,18 +391,16 @@ impl Reactor {
         }
     }
 
-    fn accept(&mut self) {
+    fn accept(&mut self, side: Side) {
         loop {
-            let Some(listener) = &self.listener else {
+            let Some(listener) = &self.listeners[side as usize] else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, addr)) => self.admit(stream, addr),
+                Ok((stream, addr)) => self.admit(side, stream, addr),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_transient_accept_error(&e) => {
-                    debug!("accept: {e}");
-                }
+                Err(e) if is_transient_accept_error(&e) => debug!("accept: {e}"),
                 Err(e) => {
                     // Out of descriptors or memory: the pending connections stay in the backlog;
                     // retry after a pause rather than spin on an ever-readable listener.
@@ -380,13 +414,26 @@ impl Reactor {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr) {
-        if self.limits.max_connection > 0 && self.conns.len() >= self.limits.max_connection {
+    fn admit(&mut self, side: Side, mut stream: TcpStream, addr: SocketAddr) {
+        let (live, cap, state, ticks) = match side {
+            Side::Plex => (
+                self.conns.len() - self.gauges.http as usize,
+                self.limits.max_connection,
+                State::Unauthenticated { failures: 0 },
+                self.limits.auth_ticks,
+            ),
+            Side::Http => (
+                self.gauges.http as usize,
+                self.limits.max_http_connections,
+                State::Http {
+                    continue_sent: false,
+                },
+                self.limits.http_idle_ticks,
+            ),
+        };
+        if cap > 0 && live >= cap {
             self.counters.rejected += 1;
-            debug!(
-                "{addr}: refused, MaxConnection {} reached",
-                self.limits.max_connection
-            );
+            debug!("{addr}: refused, {side:?} connection cap of {cap} reached");
             return;
         }
         // Pushes are small and latency matters more than packet count.
@@ -406,42 +453,44 @@ impl Reactor {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let now = self.clock.tick32();
-        let deadline = u64::from(now) + u64::from(self.limits.auth_ticks) + 1;
-        let timer = self.wheel.insert(
-            deadline,
-            ConnRef {
-                key: key as u32,
-                generation,
-            },
-        );
-        entry.insert(Conn::new(stream, generation, timer, now));
-        self.counters.accepted += 1;
-        debug!("{addr}: accepted as #{key}");
+        let this = ConnRef {
+            key: key as u32,
+            generation,
+        };
+        let timer = self.wheel.insert(deadline(now, ticks), this);
+        entry.insert(Conn::new(stream, state, generation, timer, now));
+        match side {
+            Side::Plex => self.counters.accepted += 1,
+            Side::Http => self.gauges.http += 1,
+        }
+        debug!("{addr}: accepted on {side:?} as #{key}");
     }
 
     /// Reads until the socket is drained (edge-triggered) or the budget is spent.
     fn read(&mut self, key: usize) {
-        if self.shutdown_deadline.is_some() {
+        let Some(generation) = self.conns.get(key).map(|c| c.generation) else {
             return;
-        }
+        };
+        let this = ConnRef {
+            key: key as u32,
+            generation,
+        };
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut budget = READ_BUDGET;
-        while let Some(conn) = self.conns.get_mut(key) {
+        while self.is_live(this) {
+            let conn = &mut self.conns[key];
             match conn.stream.read(&mut scratch) {
                 Ok(0) => {
-                    self.close(key, CloseReason::PeerClosed);
-                    break;
+                    let reason = conn.closing.unwrap_or(CloseReason::PeerClosed);
+                    self.close(key, reason);
                 }
                 Ok(n) => {
-                    if !self.ingest(key, &scratch[..n]) {
-                        break;
+                    // A closing connection's input is discarded: it only waits for EOF.
+                    if conn.closing.is_none() {
+                        self.ingest(key, &scratch[..n]);
                     }
                     if n >= budget {
-                        let generation = self.conns[key].generation;
-                        self.unread.push(ConnRef {
-                            key: key as u32,
-                            generation,
-                        });
+                        self.unread.push(this);
                         break;
                     }
                     budget -= n;
@@ -451,7 +500,6 @@ impl Reactor {
                 Err(e) => {
                     debug!("#{key}: read: {e}");
                     self.close(key, CloseReason::IoError);
-                    break;
                 }
             }
         }
@@ -462,26 +510,27 @@ impl Reactor {
     fn resume_unread(&mut self) {
         let unread = std::mem::take(&mut self.unread);
         for r in &unread {
-            if self
-                .conns
-                .get(r.key as usize)
-                .is_some_and(|c| c.generation == r.generation)
-            {
+            if self.is_live(*r) {
                 self.read(r.key as usize);
             }
         }
     }
 
-    /// Processes newly read bytes after any partial frame the connection kept; keeps the new
-    /// partial remainder. Returns `false` if the connection was closed.
-    fn ingest(&mut self, key: usize, bytes: &[u8]) -> bool {
+    fn is_live(&self, r: ConnRef) -> bool {
+        self.conns
+            .get(r.key as usize)
+            .is_some_and(|c| c.generation == r.generation)
+    }
+
+    /// Processes newly read bytes after any partial frame or request the connection kept,
+    /// and keeps the new partial remainder.
+    fn ingest(&mut self, key: usize, bytes: &[u8]) {
         let conn = &mut self.conns[key];
         if conn.input.is_empty() {
             // The common case: whole frames straight out of the shared buffer.
-            let Some(used) = self.process_frames(key, bytes) else {
-                return false;
-            };
-            if used < bytes.len() {
+            if let Some(used) = self.process(key, bytes)
+                && used < bytes.len()
+            {
                 let mut input = self.outbox.pool.take();
                 input.extend_from_slice(&bytes[used..]);
                 self.conns[key].input = input;
@@ -489,18 +538,23 @@ impl Reactor {
         } else {
             let mut input = std::mem::take(&mut conn.input);
             input.extend_from_slice(bytes);
-            let Some(used) = self.process_frames(key, &input) else {
-                self.outbox.pool.give(input);
-                return false;
-            };
-            input.drain(..used);
-            if input.is_empty() {
-                self.outbox.pool.give(input);
-            } else {
-                self.conns[key].input = input;
+            match self.process(key, &input) {
+                Some(used) if used < input.len() => {
+                    input.drain(..used);
+                    self.conns[key].input = input;
+                }
+                _ => self.outbox.pool.give(input),
             }
         }
-        true
+    }
+
+    /// Processes the complete frames or requests at the start of `bytes`; returns how many
+    /// bytes they took, or `None` if the connection was closed.
+    fn process(&mut self, key: usize, bytes: &[u8]) -> Option<usize> {
+        match self.conns[key].state {
+            State::Http { .. } => self.process_requests(key, bytes),
+            _ => self.process_frames(key, bytes),
+        }
     }
 
     /// Writes a connection's pending output; registers for WRITABLE only if it would block.
@@ -515,8 +569,12 @@ impl Reactor {
                     conn.write_interest = false;
                     self.set_interest(key, Interest::READABLE);
                 }
-                if self.shutdown_deadline.is_some() {
-                    self.close(key, CloseReason::Shutdown);
+                let conn = &mut self.conns[key];
+                if let Some(reason) = conn.closing {
+                    // Our last byte is out: half-close, then wait for the peer's EOF.
+                    if conn.stream.shutdown(Shutdown::Write).is_err() {
+                        self.close(key, reason);
+                    }
                 }
             }
             Ok(false) => {
@@ -556,6 +614,18 @@ impl Reactor {
         self.outbox.dirty = dirty;
     }
 
+    /// Closes a connection once its output is flushed (see `Conn::closing`).
+    fn close_after_flush(&mut self, key: usize, reason: CloseReason) {
+        let now = self.clock.tick32();
+        let conn = &mut self.conns[key];
+        if conn.closing.is_none() {
+            conn.closing = Some(reason);
+            // The linger timer counts from here.
+            conn.last_active = now;
+            self.outbox.mark_dirty(key, conn);
+        }
+    }
+
     /// Closes a connection now: its timer, registry entry and buffers go with it, and the
     /// offline hook fires if it was its uid's last connection.
     pub(crate) fn close(&mut self, key: usize, reason: CloseReason) {
@@ -565,10 +635,6 @@ impl Reactor {
         if !conn.timer.is_none() {
             self.wheel.cancel(conn.timer);
         }
-        if conn.pending() > 0 && reason != CloseReason::SlowConsumer {
-            // Best effort for a last word such as /auth/failed; never waits.
-            let _ = conn.write_out(&mut self.outbox.pool);
-        }
         if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
             debug!("#{key}: deregister: {e}");
         }
@@ -576,6 +642,10 @@ impl Reactor {
         self.counters.closed(reason);
         match conn.state {
             State::Unauthenticated { .. } => debug!("#{key}: closed ({reason})"),
+            State::Http { .. } => {
+                self.gauges.http -= 1;
+                debug!("#{key}: HTTP connection closed ({reason})");
+            }
             State::Inner => {
                 self.gauges.inner -= 1;
                 info!("#{key}: inner connection closed ({reason})");
@@ -605,19 +675,24 @@ impl Reactor {
                 continue;
             };
             conn.timer = TimerId::NONE;
-            let (ticks, reason) = match conn.state {
-                State::Unauthenticated { .. } => (self.limits.auth_ticks, CloseReason::AuthTimeout),
-                State::User { .. } | State::Inner => {
+            let (ticks, reason) = match (&conn.closing, &conn.state) {
+                (Some(reason), _) => (LINGER_TICKS, *reason),
+                (None, State::Unauthenticated { .. }) => {
+                    (self.limits.auth_ticks, CloseReason::AuthTimeout)
+                }
+                (None, State::User { .. } | State::Inner) => {
                     (self.limits.heartbeat_ticks, CloseReason::HeartbeatTimeout)
                 }
+                (None, State::Http { .. }) => {
+                    (self.limits.http_idle_ticks, CloseReason::IdleTimeout)
+                }
             };
-            // One tick of slack so that a timeout never fires early.
-            let deadline = u64::from(conn.last_active) + u64::from(ticks) + 1;
-            if deadline <= self.clock.tick {
+            let due = deadline(conn.last_active, ticks);
+            if due <= self.clock.tick {
                 self.close(key, reason);
             } else {
                 // Activity since the timer was set: sleep again for the remainder.
-                conn.timer = self.wheel.insert(deadline, r);
+                conn.timer = self.wheel.insert(due, r);
             }
         }
         self.expired = expired;
@@ -650,8 +725,7 @@ impl Reactor {
                 let _ = reply.send(self.kick(&uid));
             }
             Command::Online { uids, reply } => {
-                let counts = uids.iter().map(|u| self.registry.keys(u).len()).collect();
-                let _ = reply.send(counts);
+                let _ = reply.send(uids.iter().map(|u| self.online(u)).collect());
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
@@ -662,13 +736,19 @@ impl Reactor {
 
     pub(crate) fn stats(&self) -> Stats {
         let gauges = [
-            self.conns.len() as u64,
+            self.conns.len() as u64 - self.gauges.http,
             self.gauges.users,
             self.gauges.inner,
             self.registry.uids() as u64,
+            self.gauges.http,
         ];
         let uptime = self.clock.start.elapsed().as_secs();
         Stats::from_counters(&self.counters, gauges, uptime)
+    }
+
+    /// Live connections of `uid`.
+    pub(crate) fn online(&self, uid: &str) -> usize {
+        self.registry.keys(uid).len()
     }
 
     /// Closes every connection of `uid`; returns how many.
@@ -697,39 +777,38 @@ impl Reactor {
     }
 
     /// Stops accepting and closes every connection that has nothing left to write; the rest
-    /// close as their output drains, or at the shutdown deadline.
+    /// close once their output is flushed, or at the shutdown deadline.
     pub(crate) fn begin_shutdown(&mut self) {
         if self.shutdown_deadline.is_some() {
             return;
         }
         self.shutdown_deadline = Some(self.clock.tick + self.limits.shutdown_ticks);
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        for listener in &mut self.listeners {
+            if let Some(mut listener) = listener.take() {
+                let _ = self.poll.registry().deregister(&mut listener);
+            }
         }
         self.accept_paused_until = None;
-        let idle: Vec<usize> = self
+        let keys: Vec<(usize, bool)> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.pending() == 0)
-            .map(|(key, _)| key)
+            .map(|(key, c)| (key, c.pending() == 0))
             .collect();
-        for key in idle {
-            self.close(key, CloseReason::Shutdown);
+        for (key, idle) in keys {
+            if idle {
+                self.close(key, CloseReason::Shutdown);
+            } else {
+                self.close_after_flush(key, CloseReason::Shutdown);
+            }
         }
-        info!(
-            "shutting down: {} connections still flushing",
-            self.conns.len()
-        );
+        info!("shutting down: {} connections flushing", self.conns.len());
     }
 
     fn progress_shutdown(&mut self, deadline: u64) {
         if self.clock.tick >= deadline {
             let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
             if !keys.is_empty() {
-                warn!(
-                    "shutdown timeout: closing {} connections with unsent output",
-                    keys.len()
-                );
+                warn!("shutdown timeout: closing {} connections", keys.len());
             }
             for key in keys {
                 self.close(key, CloseReason::Shutdown);
@@ -740,6 +819,12 @@ impl Reactor {
             self.commands = None;
         }
     }
+}
+
+/// The tick at which a timeout of `ticks` counted from `from` expires; one tick of slack so
+/// that a timeout never fires early.
+fn deadline(from: u32, ticks: u32) -> u64 {
+    u64::from(from) + u64::from(ticks) + 1
 }
 
 /// Accept errors that concern one connection only; accepting goes on. Anything else (out of

@@ -10,7 +10,8 @@ use crate::protocol::frame::Decoder;
 use crate::protocol::message::{MessageRef, PushRequest, encode_message};
 use crate::protocol::uri;
 
-/// Whether the connection is still open after a frame.
+/// Whether the connection still takes input after a frame: `false` once it is closed or
+/// closing.
 type Alive = bool;
 
 impl Reactor {
@@ -79,6 +80,7 @@ impl Reactor {
                 self.on_inner(key, message);
                 true
             }
+            State::Http { .. } => unreachable!("HTTP connections do not carry frames"),
         }
     }
 
@@ -147,7 +149,7 @@ impl Reactor {
         }
         if failures >= self.limits.max_auth_failures {
             warn!("#{key}: {failures} failed authentications; closing");
-            self.close(key, CloseReason::AuthFailures);
+            self.close_after_flush(key, CloseReason::AuthFailures);
             return false;
         }
         true
