@@ -653,10 +653,10 @@ impl Reactor {
             State::User { uid } => {
                 self.gauges.users -= 1;
                 debug!("#{key}: uid {uid} closed ({reason})");
-                if self.registry.remove(&uid, key as u32) {
-                    if let Some(hook) = &mut self.hooks.on_offline {
-                        hook(&uid);
-                    }
+                if self.registry.remove(&uid, key as u32)
+                    && let Some(hook) = &mut self.hooks.on_offline
+                {
+                    hook(&uid);
                 }
             }
         }

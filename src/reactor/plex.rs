@@ -119,10 +119,11 @@ impl Reactor {
         conn.last_active = self.clock.tick32();
         self.gauges.users += 1;
         debug!("#{key}: authenticated as uid {uid}");
-        if self.reply(key, uri::AUTH_SUCCESS) && online {
-            if let Some(hook) = &mut self.hooks.on_online {
-                hook(&uid);
-            }
+        if self.reply(key, uri::AUTH_SUCCESS)
+            && online
+            && let Some(hook) = &mut self.hooks.on_online
+        {
+            hook(&uid);
         }
     }
 

@@ -58,6 +58,8 @@ pub fn config() -> Config {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The HTTP API listener.
+    pub http: SocketAddr,
     pub handle: Handle,
     pub events: Events,
     pub order: ByteOrder,
@@ -85,10 +87,12 @@ pub fn start_with(
         .on_message(move |uid, m| e3.push(Event::Upstream(uid.into(), m)));
     let server = adjust(builder).build().expect("server starts");
     let addr = server.local_addr();
+    let http = server.http_addr();
     let handle = server.handle();
     let thread = std::thread::spawn(move || server.run());
     TestServer {
         addr,
+        http,
         handle,
         events,
         order,
