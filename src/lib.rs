@@ -38,5 +38,6 @@ pub use stats::Stats;
 /// Internals exposed for the benchmarks, property tests and fuzz targets only; not a stable API.
 #[doc(hidden)]
 pub mod internals {
+    pub use crate::reactor::http::{MAX_HEAD, MAX_HEADERS, Parsed, Request, parse_request};
     pub use crate::reactor::{Registry, TimerId, TimerWheel};
 }

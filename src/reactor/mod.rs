@@ -8,7 +8,7 @@
 
 mod buffer;
 mod conn;
-mod http;
+pub(crate) mod http;
 mod plex;
 mod registry;
 mod timer;
