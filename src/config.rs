@@ -57,6 +57,29 @@ pub struct Config {
     pub http_idle_timeout: u64,
     /// Cap on live HTTP connections, separate from `MaxConnection`.
     pub max_http_connections: usize,
+    /// How client tokens are checked when the embedding code sets no auth function.
+    pub auth_mode: AuthMode,
+    /// The auth webhook (`AuthMode` `webhook`): `http://host:port/path`.
+    pub auth_url: Option<String>,
+    /// Connections the reactor keeps open to the auth webhook at most.
+    pub auth_webhook_connections: usize,
+    /// Seconds an auth webhook request may take before the auth is rejected.
+    pub auth_webhook_timeout: u64,
+    /// HS256 secret of `AuthMode` `jwt`.
+    pub jwt_secret: Option<String>,
+}
+
+/// How client tokens are checked.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// The token itself is the uid (the original's demo behaviour): trusts clients.
+    #[default]
+    Uid,
+    /// The token is a JWT signed with `JwtSecret` (HS256); `sub` is the uid.
+    Jwt,
+    /// The reactor asks the business service at `AuthUrl`.
+    Webhook,
 }
 
 impl Default for Config {
@@ -84,6 +107,11 @@ impl Default for Config {
             max_http_body: 1024 * 1024,
             http_idle_timeout: 30,
             max_http_connections: 1024,
+            auth_mode: AuthMode::Uid,
+            auth_url: None,
+            auth_webhook_connections: 8,
+            auth_webhook_timeout: 5,
+            jwt_secret: None,
         }
     }
 }
@@ -129,6 +157,11 @@ impl Config {
             ("Backlog", self.backlog.into()),
             ("HttpIdleTimeout", self.http_idle_timeout),
             ("MaxHttpConnections", self.max_http_connections as u64),
+            (
+                "AuthWebhookConnections",
+                self.auth_webhook_connections as u64,
+            ),
+            ("AuthWebhookTimeout", self.auth_webhook_timeout),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError(format!("{name} must be greater than 0")));
@@ -140,6 +173,7 @@ impl Config {
             ("HeartbeatTimeout", self.heartbeat_timeout),
             ("ShutdownTimeout", self.shutdown_timeout),
             ("HttpIdleTimeout", self.http_idle_timeout),
+            ("AuthWebhookTimeout", self.auth_webhook_timeout),
         ] {
             if secs > year {
                 return Err(ConfigError(format!(
@@ -155,6 +189,21 @@ impl Config {
                 "OuterServers entry {bad:?} is not host:port"
             )));
         }
+        match self.auth_mode {
+            AuthMode::Uid => {}
+            AuthMode::Jwt => {
+                if self.jwt_secret.as_deref().is_none_or(str::is_empty) {
+                    return Err(ConfigError("AuthMode jwt needs a JwtSecret".into()));
+                }
+            }
+            AuthMode::Webhook => {
+                let url = self
+                    .auth_url
+                    .as_deref()
+                    .ok_or_else(|| ConfigError("AuthMode webhook needs an AuthUrl".into()))?;
+                WebhookUrl::parse(url).map_err(|e| ConfigError(format!("AuthUrl: {e}")))?;
+            }
+        }
         Ok(())
     }
 
@@ -165,7 +214,8 @@ impl Config {
              InnerPassword=*** ShowTrace={} MaxConnection={} AuthTimeout={}s Heartbeat={}s \
              HeartbeatTimeout={}s LittleEndian={} MaxFrameSize={} MaxInnerFrameSize={} \
              MaxAuthFailures={} MaxBadFrames={} MaxPendingBytes={} Backlog={} ShutdownTimeout={}s \
-             MaxHttpBody={} HttpIdleTimeout={}s MaxHttpConnections={}",
+             MaxHttpBody={} HttpIdleTimeout={}s MaxHttpConnections={} AuthMode={:?} \
+             AuthUrl={:?} AuthWebhookConnections={} AuthWebhookTimeout={}s JwtSecret={}",
             self.port,
             self.http_port,
             self.bind_address,
@@ -187,7 +237,51 @@ impl Config {
             self.max_http_body,
             self.http_idle_timeout,
             self.max_http_connections,
+            self.auth_mode,
+            self.auth_url,
+            self.auth_webhook_connections,
+            self.auth_webhook_timeout,
+            if self.jwt_secret.is_some() {
+                "***"
+            } else {
+                "none"
+            },
         )
+    }
+}
+
+/// An `http://host[:port]/path` URL, the only kind the auth webhook speaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookUrl {
+    /// `host:port`, as resolved and as sent in the `Host` header.
+    pub authority: String,
+    pub path: String,
+}
+
+impl WebhookUrl {
+    pub fn parse(url: &str) -> Result<WebhookUrl, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            "only http:// URLs are supported (keep the auth service on a private network)"
+                .to_owned()
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("{url:?} has no usable host"));
+        }
+        let authority = if is_host_port(authority) {
+            authority.to_owned()
+        } else if authority.contains(':') && !authority.ends_with(']') {
+            return Err(format!("{url:?} has a bad port"));
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(WebhookUrl {
+            authority,
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -267,11 +361,43 @@ mod tests {
     }
 
     #[test]
-    fn summary_masks_the_password() {
+    fn summary_masks_the_secrets() {
         let c = Config {
             inner_password: "hunter2".into(),
+            jwt_secret: Some("jwt-hunter3".into()),
             ..Config::default()
         };
         assert!(!c.summary().contains("hunter2"));
+        assert!(!c.summary().contains("hunter3"));
+    }
+
+    #[test]
+    fn auth_modes_need_their_settings() {
+        let c = Config::from_json(r#"{"AuthMode": "jwt"}"#).unwrap();
+        assert!(c.validate().unwrap_err().0.contains("JwtSecret"));
+        let c = Config::from_json(r#"{"AuthMode": "webhook", "AuthUrl": "https://x/a"}"#).unwrap();
+        assert!(c.validate().unwrap_err().0.contains("http://"));
+        let c =
+            Config::from_json(r#"{"AuthMode": "webhook", "AuthUrl": "http://auth:8080/check"}"#)
+                .unwrap();
+        c.validate().unwrap();
+        assert!(Config::from_json(r#"{"AuthMode": "ldap"}"#).is_err());
+    }
+
+    #[test]
+    fn webhook_urls() {
+        let u = WebhookUrl::parse("http://10.0.0.1:8080/auth?x=1").unwrap();
+        assert_eq!(
+            (u.authority.as_str(), u.path.as_str()),
+            ("10.0.0.1:8080", "/auth?x=1")
+        );
+        let u = WebhookUrl::parse("http://auth.internal").unwrap();
+        assert_eq!(
+            (u.authority.as_str(), u.path.as_str()),
+            ("auth.internal:80", "/")
+        );
+        for bad in ["ftp://x", "http://", "http://h:port/", "http://u@h/"] {
+            assert!(WebhookUrl::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
 use mio::Waker;
 
+use crate::auth::AuthTicket;
 use crate::protocol::uri::{self, BadPushUri};
 use crate::stats::Stats;
 
@@ -56,6 +57,10 @@ pub(crate) enum Command {
     },
     Stats {
         reply: SyncSender<Stats>,
+    },
+    CompleteAuth {
+        ticket: AuthTicket,
+        uid: Option<String>,
     },
     Shutdown,
 }
@@ -186,6 +191,16 @@ impl Handle {
     /// A snapshot of the server's counters.
     pub fn stats(&self) -> Result<Stats, HandleError> {
         self.ask(|reply| Command::Stats { reply })
+    }
+
+    /// Completes an authentication its auth function left `Pending`: `Some(uid)` accepts,
+    /// `None` rejects. A ticket whose client has gone (closed, timed out) is ignored.
+    pub fn complete_auth(
+        &self,
+        ticket: AuthTicket,
+        uid: Option<String>,
+    ) -> Result<(), HandleError> {
+        self.send(Command::CompleteAuth { ticket, uid })
     }
 
     /// Asks the server to stop: it stops accepting, flushes pending output within

@@ -2,18 +2,19 @@
 //! to completion or one turn at a time inside a host's own loop.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use log::info;
+use log::{info, warn};
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::Config;
+use crate::auth::{AuthRequest, AuthVerdict, token_as_uid};
+use crate::config::{AuthMode, Config, WebhookUrl};
 use crate::handle::Handle;
 use crate::protocol::Message;
-use crate::reactor::{AuthFn, Hooks, MessageHook, Reactor, Side, UidHook};
+use crate::reactor::{Auth, AuthFn, Hooks, MessageHook, Reactor, Side, UidHook, Webhook};
 
 /// Configures a [`Server`]: the config, the auth function and the hooks.
 pub struct ServerBuilder {
@@ -26,11 +27,24 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
-    /// The auth function: client token → uid, or `None` to reject. Required.
+    /// The auth function: client token → uid, or `None` to reject. Without one, tokens are
+    /// checked as the config's `AuthMode` says.
     ///
-    /// It runs on the reactor thread for every `/auth/server`, so it must be quick: a function
-    /// that needs I/O belongs behind the auth webhook, not here.
-    pub fn auth(mut self, f: impl FnMut(&str) -> Option<String> + Send + 'static) -> Self {
+    /// It runs on the reactor thread for every `/auth/server`, so it must be quick: one that
+    /// needs I/O should be asynchronous ([`auth_async`](Self::auth_async)) or the webhook.
+    pub fn auth(mut self, mut f: impl FnMut(&str) -> Option<String> + Send + 'static) -> Self {
+        self.auth = Some(Box::new(move |request: AuthRequest| {
+            f(request.token).into()
+        }));
+        self
+    }
+
+    /// An auth function that may decide later: it returns `AuthVerdict::Pending` and some
+    /// other thread completes the request's ticket with [`Handle::complete_auth`].
+    pub fn auth_async(
+        mut self,
+        f: impl FnMut(AuthRequest) -> AuthVerdict + Send + 'static,
+    ) -> Self {
         self.auth = Some(Box::new(f));
         self
     }
@@ -67,9 +81,10 @@ impl ServerBuilder {
         let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
         let mut config = self.config;
         config.validate().map_err(|e| invalid(e.to_string()))?;
-        let auth = self
-            .auth
-            .ok_or_else(|| invalid("an auth function is required (ServerBuilder::auth)".into()))?;
+        let auth = match self.auth {
+            Some(f) => Auth::Function(f),
+            None => auth_from_config(&config)?,
+        };
 
         let plex = bind(
             SocketAddr::new(config.bind_address, config.port),
@@ -92,12 +107,11 @@ impl ServerBuilder {
             None
         };
         let hooks = Hooks {
-            auth,
             on_online: self.on_online,
             on_offline: self.on_offline,
             on_message: self.on_message,
         };
-        let (reactor, handle) = Reactor::new(&config, hooks, [plex, http], signals)?;
+        let (reactor, handle) = Reactor::new(&config, auth, hooks, [plex, http], signals)?;
         info!(
             "listening for clients on {local_addr}, HTTP API on {}",
             reactor.local_addr(Side::Http)
@@ -175,6 +189,45 @@ impl Server {
 impl AsRawFd for Server {
     fn as_raw_fd(&self) -> RawFd {
         self.reactor.poll().as_raw_fd()
+    }
+}
+
+/// The token check the config's `AuthMode` names.
+fn auth_from_config(config: &Config) -> io::Result<Auth> {
+    match config.auth_mode {
+        AuthMode::Uid => {
+            warn!("AuthMode uid: each client's token is taken as its uid; this trusts clients");
+            Ok(Auth::Function(Box::new(|request: AuthRequest| {
+                token_as_uid(request.token).into()
+            })))
+        }
+        AuthMode::Jwt => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "AuthMode jwt is not available in this build",
+        )),
+        AuthMode::Webhook => {
+            let url = config.auth_url.as_deref().unwrap_or_default();
+            let url = WebhookUrl::parse(url)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            // Resolved once, here: the reactor must never block on DNS.
+            let addr = url.authority.to_socket_addrs()?.next().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("AuthUrl host {} has no address", url.authority),
+                )
+            })?;
+            info!(
+                "auth webhook: POST http://{}{} ({addr})",
+                url.authority, url.path
+            );
+            Ok(Auth::Webhook(Webhook::new(
+                addr,
+                &url.authority,
+                &url.path,
+                config.auth_webhook_connections,
+                config.auth_webhook_timeout,
+            )))
+        }
     }
 }
 

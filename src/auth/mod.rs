@@ -1,4 +1,47 @@
-//! Ready-made auth functions.
+//! Authentication: the types an auth function works with, and ready-made auth functions.
+//!
+//! An auth function runs on the reactor thread for each `/auth/server`. It can decide at once
+//! (accept with a uid, or reject) or answer `Pending` and complete the authentication later,
+//! from any thread, with [`Handle::complete_auth`](crate::Handle::complete_auth) and the
+//! request's ticket; the connection waits meanwhile, still bound by `AuthTimeout`.
+
+use std::net::SocketAddr;
+
+use crate::reactor::ConnRef;
+
+/// What an auth function decides about a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// The token is good: the connection becomes this uid's.
+    Accept(String),
+    /// The token is bad: the client gets `/auth/failed`.
+    Reject,
+    /// The answer comes later through `Handle::complete_auth` with the request's ticket.
+    Pending,
+}
+
+impl From<Option<String>> for AuthVerdict {
+    fn from(uid: Option<String>) -> Self {
+        uid.map_or(AuthVerdict::Reject, AuthVerdict::Accept)
+    }
+}
+
+/// Names one authentication in progress. A ticket outlives its connection harmlessly:
+/// completing it after the client has gone does nothing, even if a new connection took the
+/// same slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthTicket(pub(crate) ConnRef);
+
+/// One `/auth/server` handed to an auth function.
+#[derive(Debug)]
+pub struct AuthRequest<'a> {
+    /// The client's token (the frame's body).
+    pub token: &'a str,
+    /// The client's address, if the socket still knows it.
+    pub remote: Option<SocketAddr>,
+    /// Completes a `Pending` verdict.
+    pub ticket: AuthTicket,
+}
 
 /// The demo auth mode of the original's examples: the token itself, trimmed, is the uid if it
 /// is 1–128 characters of `[A-Za-z0-9_.:@-]`. It trusts whatever a client says.

@@ -9,12 +9,14 @@ use mio::net::TcpStream;
 
 use super::buffer::BufferPool;
 use super::timer::TimerId;
+use super::webhook::Exchange;
 
 /// What a connection is, and therefore what its frames may do.
 #[derive(Debug)]
 pub enum State {
-    /// Accepted, must authenticate before the auth timeout.
-    Unauthenticated { failures: u32 },
+    /// Accepted, must authenticate before the auth timeout; `pending` while an auth
+    /// function or the webhook is deciding.
+    Unauthenticated { failures: u32, pending: bool },
     /// Authenticated as a uid; receives that uid's pushes.
     User { uid: Arc<str> },
     /// An authenticated business back-end; may push.
@@ -22,6 +24,8 @@ pub enum State {
     /// A connection on the HTTP listener; `continue_sent` once `100 Continue` went out for
     /// the request being received.
     Http { continue_sent: bool },
+    /// An outgoing connection to the auth webhook (boxed: rare, and larger than the rest).
+    Webhook(Box<Exchange>),
 }
 
 /// A reference to a connection that stays correct when its slab key is reused.

@@ -12,6 +12,7 @@ pub(crate) mod http;
 mod plex;
 mod registry;
 mod timer;
+mod webhook;
 
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
@@ -23,16 +24,19 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::auth::{AuthRequest, AuthVerdict};
 use crate::config::Config;
 use crate::handle::{self, Command, Commands, Handle};
 use crate::protocol::{ByteOrder, Message, SeqClock};
 use crate::stats::{Counters, Stats};
 use buffer::BufferPool;
-use conn::{Conn, ConnRef, State};
+use conn::{Conn, State};
 
 pub use conn::CloseReason;
+pub(crate) use conn::ConnRef;
 pub use registry::Registry;
 pub use timer::{TimerId, TimerWheel};
+pub(crate) use webhook::Webhook;
 
 /// The two listeners; their tokens are `Token(side as usize)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,16 +73,21 @@ fn conn_token(key: usize) -> Token {
     Token(key + FIRST_CONN)
 }
 
-/// Token → uid, or `None` to reject.
-pub(crate) type AuthFn = Box<dyn FnMut(&str) -> Option<String> + Send>;
+/// Decides about a client's token, at once or later (`Pending`).
+pub(crate) type AuthFn = Box<dyn FnMut(AuthRequest) -> AuthVerdict + Send>;
 /// Called with a uid (online, offline).
 pub(crate) type UidHook = Box<dyn FnMut(&str) + Send>;
 /// Called with a uid and the upstream message it sent.
 pub(crate) type MessageHook = Box<dyn FnMut(&str, Message) + Send>;
 
+/// How tokens are checked: a function, or the reactor's own webhook client.
+pub(crate) enum Auth {
+    Function(AuthFn),
+    Webhook(Webhook),
+}
+
 /// Application callbacks, run on the reactor thread.
 pub(crate) struct Hooks {
-    pub auth: AuthFn,
     pub on_online: Option<UidHook>,
     pub on_offline: Option<UidHook>,
     pub on_message: Option<MessageHook>,
@@ -208,6 +217,8 @@ impl Outbox {
 /// Live counts kept up to date on state transitions.
 #[derive(Default)]
 struct Gauges {
+    /// Connections accepted on the client listener, in any state.
+    clients: u64,
     users: u64,
     inner: u64,
     http: u64,
@@ -234,6 +245,10 @@ pub(crate) struct Reactor {
     expired: Vec<ConnRef>,
     limits: Limits,
     hooks: Hooks,
+    /// The auth function, when tokens are not checked by the webhook.
+    auth: Option<AuthFn>,
+    /// The webhook client, when tokens are checked by the business service.
+    webhook: Option<Webhook>,
     seq: SeqClock,
     counters: Counters,
     gauges: Gauges,
@@ -253,6 +268,7 @@ impl Reactor {
     /// A reactor serving `listeners` (indexed by `Side`), and the handle that talks to it.
     pub fn new(
         config: &Config,
+        auth: Auth,
         hooks: Hooks,
         listeners: [TcpListener; 2],
         signals: Option<Signals>,
@@ -270,6 +286,10 @@ impl Reactor {
         let (handle, commands) = handle::channel(Waker::new(registry, WAKER)?);
         let clock = Clock::new();
         let limits = Limits::new(config);
+        let (auth, webhook) = match auth {
+            Auth::Function(f) => (Some(f), None),
+            Auth::Webhook(w) => (None, Some(w)),
+        };
         let reactor = Reactor {
             poll,
             events: Events::with_capacity(1024),
@@ -290,6 +310,8 @@ impl Reactor {
             expired: Vec::new(),
             limits,
             hooks,
+            auth,
+            webhook,
             seq: SeqClock::default(),
             counters: Counters::default(),
             gauges: Gauges::default(),
@@ -344,7 +366,7 @@ impl Reactor {
                         self.read(key);
                     }
                     if event.is_writable() {
-                        self.flush(key);
+                        self.on_writable(key);
                     }
                 }
             }
@@ -415,22 +437,24 @@ impl Reactor {
     }
 
     fn admit(&mut self, side: Side, mut stream: TcpStream, addr: SocketAddr) {
-        let (live, cap, state, ticks) = match side {
+        let (live, cap, state) = match side {
             Side::Plex => (
-                self.conns.len() - self.gauges.http as usize,
+                self.gauges.clients,
                 self.limits.max_connection,
-                State::Unauthenticated { failures: 0 },
-                self.limits.auth_ticks,
+                State::Unauthenticated {
+                    failures: 0,
+                    pending: false,
+                },
             ),
             Side::Http => (
-                self.gauges.http as usize,
+                self.gauges.http,
                 self.limits.max_http_connections,
                 State::Http {
                     continue_sent: false,
                 },
-                self.limits.http_idle_ticks,
             ),
         };
+        let live = live as usize;
         if cap > 0 && live >= cap {
             self.counters.rejected += 1;
             debug!("{addr}: refused, {side:?} connection cap of {cap} reached");
@@ -453,14 +477,13 @@ impl Reactor {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let now = self.clock.tick32();
-        let this = ConnRef {
-            key: key as u32,
-            generation,
-        };
-        let timer = self.wheel.insert(deadline(now, ticks), this);
-        entry.insert(Conn::new(stream, state, generation, timer, now));
+        entry.insert(Conn::new(stream, state, generation, TimerId::NONE, now));
+        self.arm_timer(key);
         match side {
-            Side::Plex => self.counters.accepted += 1,
+            Side::Plex => {
+                self.counters.accepted += 1;
+                self.gauges.clients += 1;
+            }
             Side::Http => self.gauges.http += 1,
         }
         debug!("{addr}: accepted on {side:?} as #{key}");
@@ -553,7 +576,16 @@ impl Reactor {
     fn process(&mut self, key: usize, bytes: &[u8]) -> Option<usize> {
         match self.conns[key].state {
             State::Http { .. } => self.process_requests(key, bytes),
+            State::Webhook(_) => self.process_webhook(key, bytes),
             _ => self.process_frames(key, bytes),
+        }
+    }
+
+    fn on_writable(&mut self, key: usize) {
+        match self.conns.get(key).map(|c| &c.state) {
+            Some(State::Webhook(_)) => self.webhook_writable(key),
+            Some(_) => self.flush(key),
+            None => {}
         }
     }
 
@@ -623,7 +655,44 @@ impl Reactor {
             // The linger timer counts from here.
             conn.last_active = now;
             self.outbox.mark_dirty(key, conn);
+            self.arm_timer(key);
         }
+    }
+
+    /// The timeout that applies to a connection in its current state, counted from
+    /// `last_active`, and the reason it closes for when it expires.
+    fn timeout_of(&self, conn: &Conn) -> (u32, CloseReason) {
+        match (&conn.closing, &conn.state) {
+            (Some(reason), _) => (LINGER_TICKS, *reason),
+            (None, State::Unauthenticated { .. }) => {
+                (self.limits.auth_ticks, CloseReason::AuthTimeout)
+            }
+            (None, State::User { .. } | State::Inner) => {
+                (self.limits.heartbeat_ticks, CloseReason::HeartbeatTimeout)
+            }
+            (None, State::Http { .. }) => (self.limits.http_idle_ticks, CloseReason::IdleTimeout),
+            (None, State::Webhook(exchange)) => (
+                self.webhook_timeout_ticks(exchange),
+                CloseReason::IdleTimeout,
+            ),
+        }
+    }
+
+    /// Sets the connection's one timer for its current state. Needed only when the deadline
+    /// may move earlier (a state change); activity moves it later and is caught up lazily.
+    fn arm_timer(&mut self, key: usize) {
+        let conn = &self.conns[key];
+        let (ticks, _) = self.timeout_of(conn);
+        let due = deadline(conn.last_active, ticks);
+        let this = ConnRef {
+            key: key as u32,
+            generation: conn.generation,
+        };
+        let old = std::mem::replace(&mut self.conns[key].timer, TimerId::NONE);
+        if !old.is_none() {
+            self.wheel.cancel(old);
+        }
+        self.conns[key].timer = self.wheel.insert(due, this);
     }
 
     /// Closes a connection now: its timer, registry entry and buffers go with it, and the
@@ -638,10 +707,23 @@ impl Reactor {
         if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
             debug!("#{key}: deregister: {e}");
         }
+        if !matches!(conn.state, State::Webhook(_)) {
+            self.counters.closed(reason);
+        }
+        let input = std::mem::take(&mut conn.input);
         conn.release(&mut self.outbox.pool);
-        self.counters.closed(reason);
+        if matches!(
+            conn.state,
+            State::Unauthenticated { .. } | State::User { .. } | State::Inner
+        ) {
+            self.gauges.clients -= 1;
+        }
         match conn.state {
             State::Unauthenticated { .. } => debug!("#{key}: closed ({reason})"),
+            State::Webhook(exchange) => {
+                debug!("#{key}: auth service connection closed ({reason})");
+                self.webhook_closed(key, *exchange, &input, reason);
+            }
             State::Http { .. } => {
                 self.gauges.http -= 1;
                 debug!("#{key}: HTTP connection closed ({reason})");
@@ -660,6 +742,7 @@ impl Reactor {
                 }
             }
         }
+        self.outbox.pool.give(input);
     }
 
     fn expire_timers(&mut self) {
@@ -675,24 +758,16 @@ impl Reactor {
                 continue;
             };
             conn.timer = TimerId::NONE;
-            let (ticks, reason) = match (&conn.closing, &conn.state) {
-                (Some(reason), _) => (LINGER_TICKS, *reason),
-                (None, State::Unauthenticated { .. }) => {
-                    (self.limits.auth_ticks, CloseReason::AuthTimeout)
-                }
-                (None, State::User { .. } | State::Inner) => {
-                    (self.limits.heartbeat_ticks, CloseReason::HeartbeatTimeout)
-                }
-                (None, State::Http { .. }) => {
-                    (self.limits.http_idle_ticks, CloseReason::IdleTimeout)
-                }
-            };
+            let conn = &self.conns[key];
+            let (ticks, reason) = self.timeout_of(conn);
             let due = deadline(conn.last_active, ticks);
-            if due <= self.clock.tick {
-                self.close(key, reason);
-            } else {
+            if due > self.clock.tick {
                 // Activity since the timer was set: sleep again for the remainder.
-                conn.timer = self.wheel.insert(due, r);
+                self.conns[key].timer = self.wheel.insert(due, r);
+            } else if matches!(conn.state, State::Webhook(_)) && conn.closing.is_none() {
+                self.webhook_expired(key);
+            } else {
+                self.close(key, reason);
             }
         }
         self.expired = expired;
@@ -730,13 +805,17 @@ impl Reactor {
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+            Command::CompleteAuth { ticket, uid } => {
+                let verdict = uid.ok_or("rejected by the auth function");
+                self.finish_auth(ticket.0, verdict);
+            }
             Command::Shutdown => self.begin_shutdown(),
         }
     }
 
     pub(crate) fn stats(&self) -> Stats {
         let gauges = [
-            self.conns.len() as u64 - self.gauges.http,
+            self.gauges.clients,
             self.gauges.users,
             self.gauges.inner,
             self.registry.uids() as u64,

@@ -5,7 +5,8 @@
 use log::{debug, info, trace, warn};
 
 use super::Reactor;
-use super::conn::{CloseReason, State};
+use super::conn::{CloseReason, ConnRef, State};
+use crate::auth::{AuthRequest, AuthTicket, AuthVerdict};
 use crate::protocol::frame::Decoder;
 use crate::protocol::message::{MessageRef, PushRequest, encode_message};
 use crate::protocol::uri;
@@ -80,19 +81,26 @@ impl Reactor {
                 self.on_inner(key, message);
                 true
             }
-            State::Http { .. } => unreachable!("HTTP connections do not carry frames"),
+            State::Http { .. } | State::Webhook(_) => {
+                unreachable!("HTTP connections do not carry frames")
+            }
         }
     }
 
     fn on_unauthenticated(&mut self, key: usize, message: MessageRef) -> Alive {
+        let State::Unauthenticated { pending, .. } = self.conns[key].state else {
+            unreachable!("called for unauthenticated connections");
+        };
         match &*message.uri {
-            uri::AUTH => match (self.hooks.auth)(&message.body) {
-                Some(uid) if !uid.is_empty() => {
-                    self.become_user(key, &uid);
-                    true
-                }
-                _ => self.auth_failed(key, "token rejected"),
-            },
+            // One decision at a time; a client retrying meanwhile gets the first answer.
+            uri::AUTH | uri::INNER_AUTH if pending => {
+                debug!(
+                    "#{key}: {} while an authentication is pending; ignored",
+                    message.uri
+                );
+                true
+            }
+            uri::AUTH => self.authenticate(key, &message.body),
             uri::INNER_AUTH => {
                 if constant_time_eq(
                     message.body.as_bytes(),
@@ -111,12 +119,70 @@ impl Reactor {
         }
     }
 
+    /// Runs the auth function (or asks the webhook) about a client's token.
+    fn authenticate(&mut self, key: usize, token: &str) -> Alive {
+        let conn = &self.conns[key];
+        let ticket = ConnRef {
+            key: key as u32,
+            generation: conn.generation,
+        };
+        let remote = conn.stream.peer_addr().ok();
+        let verdict = match &mut self.auth {
+            Some(auth) => auth(AuthRequest {
+                token,
+                remote,
+                ticket: AuthTicket(ticket),
+            }),
+            None => {
+                self.webhook_submit(ticket, token, remote);
+                AuthVerdict::Pending
+            }
+        };
+        match verdict {
+            AuthVerdict::Accept(uid) => self.finish_auth(ticket, Ok(uid)),
+            AuthVerdict::Reject => self.finish_auth(ticket, Err("token rejected")),
+            AuthVerdict::Pending => {
+                // The webhook may have answered already (an unreachable service fails at once).
+                if self.is_live(ticket)
+                    && let State::Unauthenticated { pending, .. } = &mut self.conns[key].state
+                {
+                    *pending = true;
+                }
+                true
+            }
+        }
+    }
+
+    /// Applies an auth decision to the connection it was made for, if that connection is
+    /// still there and still waiting; returns whether it takes further input.
+    pub(super) fn finish_auth(&mut self, ticket: ConnRef, verdict: Result<String, &str>) -> Alive {
+        if !self.is_live(ticket) {
+            debug!("auth decision for a connection that has gone; ignored");
+            return false;
+        }
+        let key = ticket.key as usize;
+        let State::Unauthenticated { pending, .. } = &mut self.conns[key].state else {
+            debug!("#{key}: auth decision for an authenticated connection; ignored");
+            return true;
+        };
+        *pending = false;
+        match verdict {
+            Ok(uid) if !uid.is_empty() => {
+                self.become_user(key, &uid);
+                true
+            }
+            Ok(_) => self.auth_failed(key, "empty uid"),
+            Err(why) => self.auth_failed(key, why),
+        }
+    }
+
     fn become_user(&mut self, key: usize, uid: &str) {
         let (uid, online) = self.registry.add(uid, key as u32);
         let conn = &mut self.conns[key];
         conn.state = State::User { uid: uid.clone() };
         // The heartbeat timeout runs from authentication, as in the original.
         conn.last_active = self.clock.tick32();
+        self.arm_timer(key);
         self.gauges.users += 1;
         debug!("#{key}: authenticated as uid {uid}");
         if self.reply(key, uri::AUTH_SUCCESS)
@@ -131,6 +197,7 @@ impl Reactor {
         let conn = &mut self.conns[key];
         conn.state = State::Inner;
         conn.last_active = self.clock.tick32();
+        self.arm_timer(key);
         self.gauges.inner += 1;
         info!("#{key}: inner connection authenticated");
         self.reply(key, uri::AUTH_SUCCESS);
@@ -139,7 +206,7 @@ impl Reactor {
     /// Answers `/auth/failed`; closes the connection at `MaxAuthFailures`.
     fn auth_failed(&mut self, key: usize, why: &str) -> Alive {
         self.counters.auth_failures += 1;
-        let State::Unauthenticated { failures } = &mut self.conns[key].state else {
+        let State::Unauthenticated { failures, .. } = &mut self.conns[key].state else {
             unreachable!("only unauthenticated connections authenticate");
         };
         *failures += 1;
