@@ -43,6 +43,8 @@ pub struct AuthRequest<'a> {
     pub ticket: AuthTicket,
 }
 
+pub mod jwt;
+
 /// The demo auth mode of the original's examples: the token itself, trimmed, is the uid if it
 /// is 1–128 characters of `[A-Za-z0-9_.:@-]`. It trusts whatever a client says.
 pub fn token_as_uid(token: &str) -> Option<String> {
