@@ -4,13 +4,13 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::auth::{AuthRequest, AuthVerdict, token_as_uid};
+use crate::auth::{AuthRequest, AuthVerdict, jwt, token_as_uid};
 use crate::config::{AuthMode, Config, WebhookUrl};
 use crate::handle::Handle;
 use crate::protocol::Message;
@@ -201,10 +201,21 @@ fn auth_from_config(config: &Config) -> io::Result<Auth> {
                 token_as_uid(request.token).into()
             })))
         }
-        AuthMode::Jwt => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "AuthMode jwt is not available in this build",
-        )),
+        AuthMode::Jwt => {
+            let secret = config.jwt_secret.clone().unwrap_or_default().into_bytes();
+            Ok(Auth::Function(Box::new(move |request: AuthRequest| {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                match jwt::verify_hs256(request.token, &secret, now) {
+                    Ok(uid) => AuthVerdict::Accept(uid),
+                    Err(e) => {
+                        debug!("JWT rejected: {e}");
+                        AuthVerdict::Reject
+                    }
+                }
+            })))
+        }
         AuthMode::Webhook => {
             let url = config.auth_url.as_deref().unwrap_or_default();
             let url = WebhookUrl::parse(url)

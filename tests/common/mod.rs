@@ -66,7 +66,8 @@ pub struct TestServer {
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-/// Starts a server with `config` and the demo auth (token = uid; tokens with a space fail).
+/// Starts a server with `config`; its `AuthMode` decides how tokens are checked (by default
+/// the token is the uid, and tokens with a space fail).
 pub fn start(config: Config) -> TestServer {
     start_with(config, |b| b)
 }
@@ -81,7 +82,6 @@ pub fn start_with(
     let events = Events::default();
     let (e1, e2, e3) = (events.clone(), events.clone(), events.clone());
     let builder = Server::builder(config)
-        .auth(plex::auth::token_as_uid)
         .on_online(move |uid| e1.push(Event::Online(uid.into())))
         .on_offline(move |uid| e2.push(Event::Offline(uid.into())))
         .on_message(move |uid, m| e3.push(Event::Upstream(uid.into(), m)));
