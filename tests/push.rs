@@ -160,6 +160,16 @@ fn inner_connections_may_push_frames_larger_than_the_user_limit() {
     let big = "x".repeat(32 * 1024);
     push(&mut inner, "alice", "/big", &big);
     expect_msg(&mut alice, "/big", &big);
+    // The larger limit applies from the frame after the inner auth, even in the same write.
+    let mut bytes = Vec::new();
+    let password = plex::config::DEFAULT_INNER_PASSWORD;
+    plex::Message::new(uri::INNER_AUTH, password).encode(&mut bytes, server.order);
+    let request = format!(r#"{{"uid":"alice","uri":"/big2","body":"{big}"}}"#);
+    plex::Message::new(uri::SEND_MSG, request).encode(&mut bytes, server.order);
+    let mut second = server.connect();
+    send_raw(&second, &bytes);
+    expect(&mut second, uri::AUTH_SUCCESS);
+    expect_msg(&mut alice, "/big2", &big);
     assert_eq!(server.stats().closed["frame_too_large"], 0);
 }
 

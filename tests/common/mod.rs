@@ -74,15 +74,8 @@ pub fn start_with(
     config: Config,
     adjust: impl FnOnce(plex::ServerBuilder) -> plex::ServerBuilder,
 ) -> TestServer {
-    let _ = env_logger::builder().is_test(true).try_init();
     let order = ByteOrder::from_little_endian(config.little_endian);
-    let events = Events::default();
-    let (e1, e2, e3) = (events.clone(), events.clone(), events.clone());
-    let builder = Server::builder(config)
-        .auth(plex::auth::token_as_uid)
-        .on_online(move |uid| e1.push(Event::Online(uid.into())))
-        .on_offline(move |uid| e2.push(Event::Offline(uid.into())))
-        .on_message(move |uid, m| e3.push(Event::Upstream(uid.into(), m)));
+    let (builder, events) = builder_with_events(config);
     let server = adjust(builder).build().expect("server starts");
     let addr = server.local_addr();
     let handle = server.handle();
@@ -94,6 +87,20 @@ pub fn start_with(
         order,
         thread: Some(thread),
     }
+}
+
+/// A builder with the demo auth and hooks that record into the returned `Events`, for tests
+/// that run the server themselves (e.g. one turn at a time).
+pub fn builder_with_events(config: Config) -> (plex::ServerBuilder, Events) {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let events = Events::default();
+    let (e1, e2, e3) = (events.clone(), events.clone(), events.clone());
+    let builder = Server::builder(config)
+        .auth(plex::auth::token_as_uid)
+        .on_online(move |uid| e1.push(Event::Online(uid.into())))
+        .on_offline(move |uid| e2.push(Event::Offline(uid.into())))
+        .on_message(move |uid, m| e3.push(Event::Upstream(uid.into(), m)));
+    (builder, events)
 }
 
 impl TestServer {
