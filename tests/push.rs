@@ -26,21 +26,53 @@ fn push_reaches_every_connection_of_the_uid_and_no_other() {
     assert_eq!(server.stats().delivered, 3);
 }
 
+/// Push frames for `uid`, one per body, all in one buffer: to be sent in a single write.
+fn pushes_in_one_buffer(server: &TestServer, uid: &str, bodies: &[String]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for body in bodies {
+        let request = plex::protocol::PushRequest {
+            uid: uid.into(),
+            uri: "/n".into(),
+            body: body.into(),
+        };
+        plex::Message::new(uri::SEND_MSG, request.to_json()).encode(&mut bytes, server.order);
+    }
+    bytes
+}
+
 #[test]
 fn pushes_in_one_write_arrive_in_order() {
     let server = start(config());
     let mut alice = server.user("alice");
     let inner = server.inner();
-    let mut bytes = Vec::new();
-    for i in 0..200 {
-        let request = format!(r#"{{"uid":"alice","uri":"/n","body":"{i}"}}"#);
-        let message = plex::Message::new(uri::SEND_MSG, request);
-        message.encode(&mut bytes, server.order);
+    let bodies: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+    send_raw(&inner, &pushes_in_one_buffer(&server, "alice", &bodies));
+    for body in &bodies {
+        expect_msg(&mut alice, "/n", body);
     }
+}
+
+#[test]
+fn a_burst_larger_than_one_read_budget_arrives_complete_and_in_order() {
+    // Megabytes in one write: the server reads them over several turns.
+    let server = start(Config {
+        max_pending_bytes: 64 << 20, // this test is about ordering, not backpressure
+        ..config()
+    });
+    const PUSHES: usize = 2000;
+    let mut alice = server.user("alice");
+    let reader = std::thread::spawn(move || {
+        (0..PUSHES)
+            .map(|_| recv(&mut alice).body)
+            .collect::<Vec<_>>()
+    });
+    let inner = server.inner();
+    let pad = "x".repeat(1024);
+    let bodies: Vec<String> = (0..PUSHES).map(|i| format!("{i} {pad}")).collect();
+    let bytes = pushes_in_one_buffer(&server, "alice", &bodies);
+    assert!(bytes.len() > 2 << 20);
     send_raw(&inner, &bytes);
-    for i in 0..200 {
-        expect_msg(&mut alice, "/n", &i.to_string());
-    }
+    assert_eq!(reader.join().unwrap(), bodies);
 }
 
 #[test]
