@@ -14,16 +14,14 @@ use std::time::{Duration, Instant};
 use common::*;
 use plex::Config;
 use plex::client::Connection;
-use plex::protocol::uri;
+use plex::protocol::{ByteOrder, uri};
 
-/// A header announcing `len` payload bytes, and no payload.
-fn header(server: &TestServer, len: u32) -> Vec<u8> {
-    let mut f = frame(server.order, b"");
-    f[..4].copy_from_slice(&match server.order {
-        plex::protocol::ByteOrder::Big => len.to_be_bytes(),
-        plex::protocol::ByteOrder::Little => len.to_le_bytes(),
-    });
-    f
+/// A length header announcing `len` payload bytes, in the server's byte order.
+fn header(server: &TestServer, len: u32) -> [u8; 4] {
+    match server.order {
+        ByteOrder::Big => len.to_be_bytes(),
+        ByteOrder::Little => len.to_le_bytes(),
+    }
 }
 
 #[test]
@@ -387,7 +385,7 @@ fn clock_ticks_per_second() -> f64 {
 fn running_out_of_descriptors_on_accept_neither_kills_nor_spins() {
     let mut server = ChildServer::spawn_with_nofile(CHILD_NOFILE);
     const SATURATED: &str = "pausing accepts";
-    let order = plex::protocol::ByteOrder::Big;
+    let order = ByteOrder::Big;
 
     // Authenticate clients one by one until the server reports that accept failed.
     let mut served = Vec::new();

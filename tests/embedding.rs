@@ -149,40 +149,48 @@ fn handle_shutdown_makes_run_return_and_later_calls_fail_stopped() {
     assert_eq!(h.shutdown(), Err(HandleError::Stopped));
 }
 
+/// What the hooks of `handle_calls_from_a_hook_never_deadlock` got from the handle.
+type Answers = Arc<Mutex<Vec<Result<String, HandleError>>>>;
+
+/// A query from a hook: records what `Handle::online` answered.
+fn online_from_hook(slot: &OnceLock<Handle>, answers: &Answers, uid: &str) {
+    let h = slot.get().expect("handle set before any client");
+    let answer = h.online(uid).map(|n| n.to_string());
+    answers.lock().unwrap().push(answer);
+}
+
 #[test]
 fn handle_calls_from_a_hook_never_deadlock() {
     // Queries wait for the reactor, which is running the hook: they must fail at once.
     // Pushes only queue, so they work from a hook.
     let slot: Arc<OnceLock<Handle>> = Arc::default();
-    let seen: Arc<Mutex<Vec<Result<String, HandleError>>>> = Arc::default();
-    let (slot2, seen2) = (slot.clone(), seen.clone());
-    let (slot3, seen3) = (slot.clone(), seen.clone());
+    let answers = Answers::default();
+    let (s1, a1, s2, a2) = (slot.clone(), answers.clone(), slot.clone(), answers.clone());
+    let (s3, a3) = (slot.clone(), answers.clone());
     let server = start_with(config(), move |b| {
-        b.on_online(move |uid| {
-            let h = slot2.get().expect("handle set before any client");
-            seen2
-                .lock()
-                .unwrap()
-                .push(h.online(uid).map(|n| n.to_string()));
-        })
-        .on_message(move |uid, m| {
-            let h = slot3.get().expect("handle set before any client");
-            let mut seen = seen3.lock().unwrap();
-            seen.push(h.stats().map(|_| "stats".into()));
-            seen.push(h.kick(uid).map(|n| n.to_string()));
-            seen.push(h.online_many(&[uid]).map(|n| format!("{n:?}")));
-            h.push(uid, "/echo", &m.body).unwrap();
-        })
+        b.on_online(move |uid| online_from_hook(&s1, &a1, uid))
+            .on_offline(move |uid| online_from_hook(&s2, &a2, uid))
+            .on_message(move |uid, m| {
+                let h = s3.get().expect("handle set before any client");
+                let mut answers = a3.lock().unwrap();
+                answers.push(h.stats().map(|_| "stats".into()));
+                answers.push(h.kick(uid).map(|n| n.to_string()));
+                answers.push(h.online_many(&[uid]).map(|n| format!("{n:?}")));
+                h.push(uid, "/echo", &m.body).unwrap();
+            })
     });
     slot.set(server.handle.clone()).ok().unwrap();
     let mut alice = server.user("alice");
     alice.send("/ask", "ping").unwrap();
     expect_msg(&mut alice, "/echo", "ping");
-    assert_eq!(
-        *seen.lock().unwrap(),
-        vec![Err(HandleError::OnReactorThread); 4]
-    );
     assert_alive(&mut alice);
+    drop(alice);
+    let ok = wait_until(WAIT, || answers.lock().unwrap().len() == 5);
+    assert!(ok, "hooks ran: {:?}", answers.lock().unwrap());
+    assert_eq!(
+        *answers.lock().unwrap(),
+        vec![Err(HandleError::OnReactorThread); 5]
+    );
 }
 
 #[test]
