@@ -31,7 +31,7 @@ fn an_oversized_header_closes_only_that_connection() {
     let mut inner = server.inner();
     // Only the header is sent: the server must not wait for (or allocate) the payload.
     let mut mallory = server.user("mallory");
-    send_raw(&mallory, &header(&server, 64 * 1024 + 1));
+    send_raw(&mallory, &header(&server, config().max_frame_size + 1));
     assert_closed(&mut mallory);
     let mut stranger = server.connect();
     send_raw(&stranger, &header(&server, u32::MAX));
@@ -102,13 +102,6 @@ fn garbage_frames_are_dropped_and_counted_and_the_connection_kept() {
     let stats = server.stats();
     assert_eq!(stats.bad_frames, 2 + GARBAGE.len() as u64);
     assert_eq!((stats.upstream, stats.auth_failures), (0, 0));
-    assert!(
-        server
-            .events
-            .snapshot()
-            .iter()
-            .all(|e| !matches!(e, Event::Upstream(..)))
-    );
 }
 
 #[test]
@@ -314,33 +307,25 @@ impl ChildServer {
             log,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
-        const LISTENING: &str = "listening for clients on ";
-        let ok = wait_until(WAIT, || server.logged(LISTENING));
-        assert!(
-            ok,
-            "no listening line; log: {:?}",
-            server.log.lock().unwrap()
-        );
-        let line = server
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(LISTENING))
-            .cloned();
-        let addr = line
-            .unwrap()
-            .split(LISTENING)
-            .nth(1)
-            .unwrap()
-            .trim()
-            .to_owned();
+        let mut line = None;
+        let ok = wait_until(WAIT, || {
+            line = server.logged_line("listening for clients on ");
+            line.is_some()
+        });
+        assert!(ok, "no listening line: {:?}", server.log.lock().unwrap());
+        let addr = line.unwrap().rsplit(' ').next().unwrap().to_owned();
         server.addr = addr.parse().expect("address in the log line");
         server
     }
 
+    /// The first line of the server's log that contains `what`.
+    fn logged_line(&self, what: &str) -> Option<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().find(|l| l.contains(what)).cloned()
+    }
+
     fn logged(&self, what: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(what))
+        self.logged_line(what).is_some()
     }
 
     /// User plus system CPU time the process has used so far.
