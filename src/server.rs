@@ -112,10 +112,8 @@ impl ServerBuilder {
             on_message: self.on_message,
         };
         let (reactor, handle) = Reactor::new(&config, auth, hooks, [plex, http], signals)?;
-        info!(
-            "listening for clients on {local_addr}, HTTP API on {}",
-            reactor.local_addr(Side::Http)
-        );
+        info!("listening for clients on {local_addr}");
+        info!("HTTP API listening on {}", reactor.local_addr(Side::Http));
         Ok(Server {
             reactor,
             handle,

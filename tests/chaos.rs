@@ -60,7 +60,9 @@ fn well_behaved_clients_get_every_push_in_order_amid_hostile_ones() {
     // Resets in the middle of a frame.
     chaos.extend(spawn_chaos(CHAOS_PER_KIND, &stop, move |i, stop| {
         while !stop.load(Ordering::Relaxed) {
-            let Ok(s) = TcpStream::connect(addr) else { continue };
+            let Ok(s) = TcpStream::connect(addr) else {
+                continue;
+            };
             let mut s = socket2::Socket::from(s);
             let _ = s.write_all(&frame_of(uri::AUTH, &format!("reset{i}")));
             let half = frame_of("/upstream", "cut short");
@@ -71,7 +73,9 @@ fn well_behaved_clients_get_every_push_in_order_amid_hostile_ones() {
     // Half-close after authenticating, then wait for the server to finish the close.
     chaos.extend(spawn_chaos(CHAOS_PER_KIND, &stop, move |i, stop| {
         while !stop.load(Ordering::Relaxed) {
-            let Ok(mut s) = TcpStream::connect(addr) else { continue };
+            let Ok(mut s) = TcpStream::connect(addr) else {
+                continue;
+            };
             let _ = s.write_all(&frame_of(uri::AUTH, &format!("half{i}")));
             let _ = s.shutdown(Shutdown::Write);
             let _ = std::io::copy(&mut s, &mut std::io::sink());
@@ -79,13 +83,17 @@ fn well_behaved_clients_get_every_push_in_order_amid_hostile_ones() {
     }));
     // A header announcing a payload that never comes; the auth timeout ends it.
     chaos.extend(spawn_chaos(CHAOS_PER_KIND, &stop, move |_, stop| {
-        let Ok(mut s) = TcpStream::connect(addr) else { return };
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            return;
+        };
         let _ = s.write_all(&100u32.to_be_bytes());
         let _ = std::io::copy(&mut s, &mut std::io::sink()); // returns when the server closes
         let _ = stop;
     }));
     // Authenticated readers that never read, while pushes pile up for them.
-    let slow: Vec<_> = (0..SLOW_USERS).map(|i| server.user(&format!("slow{i}"))).collect();
+    let slow: Vec<_> = (0..SLOW_USERS)
+        .map(|i| server.user(&format!("slow{i}")))
+        .collect();
     // Reconnect in a loop.
     chaos.extend(spawn_chaos(CHAOS_PER_KIND, &stop, move |i, stop| {
         while !stop.load(Ordering::Relaxed) {
@@ -98,7 +106,9 @@ fn well_behaved_clients_get_every_push_in_order_amid_hostile_ones() {
     chaos.extend(spawn_chaos(CHAOS_PER_KIND, &stop, move |i, stop| {
         let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
         while !stop.load(Ordering::Relaxed) {
-            let Ok(mut s) = TcpStream::connect(addr) else { continue };
+            let Ok(mut s) = TcpStream::connect(addr) else {
+                continue;
+            };
             let mut junk = vec![0u8; 4096];
             for _ in 0..20 {
                 rng.fill(&mut junk[..]);
@@ -135,7 +145,12 @@ fn well_behaved_clients_get_every_push_in_order_amid_hostile_ones() {
             push(&mut inner, &format!("good{i}"), "/seq", &n.to_string());
         }
         for _ in 0..slow_per_round {
-            push(&mut inner, &format!("slow{}", n % SLOW_USERS), "/pile", &slow_body);
+            push(
+                &mut inner,
+                &format!("slow{}", n % SLOW_USERS),
+                "/pile",
+                &slow_body,
+            );
         }
     }
     let mut good = Vec::new();
@@ -155,8 +170,17 @@ fn well_behaved_clients_get_every_push_in_order_amid_hostile_ones() {
     let stats = server.wait_stats("only the well-behaved left", |s| {
         s.connections == GOOD_USERS as u64 + 1 && s.users == GOOD_USERS as u64
     });
-    assert_eq!(stats.closed["slow_consumer"], SLOW_USERS as u64, "{stats:?}");
-    assert!(stats.bad_frames >= 1 && stats.closed["bad_frames"] >= 1, "{stats:?}");
+    assert_eq!(
+        stats.closed["slow_consumer"], SLOW_USERS as u64,
+        "{stats:?}"
+    );
+    assert!(
+        stats.bad_frames >= 1 && stats.closed["bad_frames"] >= 1,
+        "{stats:?}"
+    );
     assert!(stats.closed["frame_too_large"] >= 1, "{stats:?}");
-    assert!(stats.closed["auth_timeout"] >= CHAOS_PER_KIND as u64, "{stats:?}");
+    assert!(
+        stats.closed["auth_timeout"] >= CHAOS_PER_KIND as u64,
+        "{stats:?}"
+    );
 }

@@ -33,7 +33,9 @@ fn shutdown_flushes_pending_output_then_closes_and_fires_offline() {
         assert_eq!(m.body.len(), body.len());
     }
     assert_closed(&mut reader);
-    server.events.wait_for("offline hook", |e| e.contains(&Event::Offline("reader".into())));
+    server.events.wait_for("offline hook", |e| {
+        e.contains(&Event::Offline("reader".into()))
+    });
     server.stop();
 }
 
@@ -64,7 +66,10 @@ fn a_client_that_never_reads_cannot_hold_the_shutdown_past_its_timeout() {
     server.handle.shutdown().unwrap();
     // While the drain is held up, the listener is already closed.
     let addr = server.addr;
-    assert!(wait_until(WAIT, || TcpStream::connect(addr).is_err()), "still accepting");
+    assert!(
+        wait_until(WAIT, || TcpStream::connect(addr).is_err()),
+        "still accepting"
+    );
     let events = server.events.clone();
     // `stop` joins the reactor thread: it must come back although `_stuck` never reads.
     server.stop();
@@ -104,17 +109,18 @@ fn sigterm_drains_and_exits_zero() {
     let mut log = BufReader::new(child.0.stderr.take().unwrap());
     let port = loop {
         let mut line = String::new();
-        assert!(log.read_line(&mut line).unwrap() > 0, "server exited before listening");
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "server exited before listening"
+        );
         if let Some(rest) = line.split("listening for clients on ").nth(1) {
             let addr = rest.split([',', ' ', '\n']).next().unwrap();
             break addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
         }
     };
-    let mut client = plex::client::Connection::connect(
-        ("127.0.0.1", port),
-        plex::protocol::ByteOrder::Big,
-    )
-    .unwrap();
+    let mut client =
+        plex::client::Connection::connect(("127.0.0.1", port), plex::protocol::ByteOrder::Big)
+            .unwrap();
     assert!(client.authenticate("7", WAIT).unwrap());
 
     let pid = child.0.id().to_string();

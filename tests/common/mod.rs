@@ -77,14 +77,8 @@ pub fn start_with(
     config: Config,
     adjust: impl FnOnce(plex::ServerBuilder) -> plex::ServerBuilder,
 ) -> TestServer {
-    let _ = env_logger::builder().is_test(true).try_init();
     let order = ByteOrder::from_little_endian(config.little_endian);
-    let events = Events::default();
-    let (e1, e2, e3) = (events.clone(), events.clone(), events.clone());
-    let builder = Server::builder(config)
-        .on_online(move |uid| e1.push(Event::Online(uid.into())))
-        .on_offline(move |uid| e2.push(Event::Offline(uid.into())))
-        .on_message(move |uid, m| e3.push(Event::Upstream(uid.into(), m)));
+    let (builder, events) = builder_with_events(config);
     let server = adjust(builder).build().expect("server starts");
     let addr = server.local_addr();
     let http = server.http_addr();
@@ -98,6 +92,19 @@ pub fn start_with(
         order,
         thread: Some(thread),
     }
+}
+
+/// A builder with the demo auth and hooks that record into the returned `Events`, for tests
+/// that run the server themselves (e.g. one turn at a time).
+pub fn builder_with_events(config: Config) -> (plex::ServerBuilder, Events) {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let events = Events::default();
+    let (e1, e2, e3) = (events.clone(), events.clone(), events.clone());
+    let builder = Server::builder(config)
+        .on_online(move |uid| e1.push(Event::Online(uid.into())))
+        .on_offline(move |uid| e2.push(Event::Offline(uid.into())))
+        .on_message(move |uid, m| e3.push(Event::Upstream(uid.into(), m)));
+    (builder, events)
 }
 
 impl TestServer {
@@ -222,5 +229,84 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---- Raw frames: for what the blocking client cannot express (odd keys, bad bytes, chunking).
+
+/// One frame carrying `payload`, its length header in `order`.
+pub fn frame(order: ByteOrder, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    plex::protocol::frame::encode(&mut out, order, payload);
+    out
+}
+
+/// Writes `bytes` as they are, bypassing the client's encoder.
+pub fn send_raw(c: &Connection, bytes: &[u8]) {
+    use std::io::Write;
+    let mut stream = c.stream();
+    stream.write_all(bytes).expect("write raw bytes");
+    stream.flush().expect("flush");
+}
+
+/// Writes `bytes` one byte per write, so the server sees a frame in as many reads as possible.
+pub fn send_byte_by_byte(c: &Connection, bytes: &[u8]) {
+    for b in bytes {
+        send_raw(c, std::slice::from_ref(b));
+    }
+}
+
+/// Sends a push whose body is given as raw JSON text (odd keys, nulls, bad values).
+pub fn push_json(inner: &mut Connection, request: &str) {
+    inner.send(uri::SEND_MSG, request).expect("send push");
+}
+
+/// Receives the next message and asserts its uri.
+pub fn expect(c: &mut Connection, uri: &str) -> Message {
+    let m = recv(c);
+    assert_eq!(m.uri, uri, "unexpected message {m:?}");
+    m
+}
+
+/// Receives the next message and asserts its uri and body.
+pub fn expect_msg(c: &mut Connection, uri: &str, body: &str) -> Message {
+    let m = recv(c);
+    assert_eq!((m.uri.as_str(), m.body.as_str()), (uri, body), "{m:?}");
+    m
+}
+
+/// A heartbeat round trip: proves the connection is open and that nothing else was queued to
+/// it before the answer (the answer is the next message).
+pub fn assert_alive(c: &mut Connection) {
+    c.send(uri::HEARTBEAT, "").expect("send heartbeat");
+    expect(c, uri::HEARTBEAT);
+}
+
+impl TestServer {
+    /// Writes one frame whose payload is `json`, in this server's byte order.
+    pub fn send_json(&self, c: &Connection, json: &str) {
+        send_raw(c, &frame(self.order, json.as_bytes()));
+    }
+
+    /// Connections closed so far for `reason` (a `CloseReason::as_str` name).
+    pub fn closed(&self, reason: &str) -> u64 {
+        self.stats().closed[reason]
+    }
+
+    /// Waits until `n` connections have been closed for `reason`.
+    pub fn wait_closed(&self, reason: &str, n: u64) {
+        self.wait_stats(&format!("{n} connections closed for {reason}"), |s| {
+            s.closed[reason] == n
+        });
+    }
+
+    /// Waits (at most `WAIT`) for `run` to return after a shutdown, and checks it returned Ok.
+    pub fn wait_finished(&mut self) {
+        let thread = self.thread.take().expect("server still running");
+        assert!(
+            wait_until(WAIT, || thread.is_finished()),
+            "run() did not return after shutdown"
+        );
+        thread.join().expect("reactor thread").expect("run ok");
     }
 }
