@@ -74,6 +74,28 @@ pub fn start_with(
     config: Config,
     adjust: impl FnOnce(plex::ServerBuilder) -> plex::ServerBuilder,
 ) -> TestServer {
+    bind_with(config, adjust).run()
+}
+
+/// A server whose listener is bound but whose reactor does not run yet: connections wait in
+/// the backlog, and what they send is read in its first turn, in one go.
+pub struct BoundServer {
+    pub addr: SocketAddr,
+    server: Server,
+    events: Events,
+    order: ByteOrder,
+}
+
+/// Binds a server with `config` and the demo auth (token = uid), without running it.
+pub fn bind(config: Config) -> BoundServer {
+    bind_with(config, |b| b)
+}
+
+/// Binds a server, letting the test adjust the builder (hooks are already set).
+pub fn bind_with(
+    config: Config,
+    adjust: impl FnOnce(plex::ServerBuilder) -> plex::ServerBuilder,
+) -> BoundServer {
     let _ = env_logger::builder().is_test(true).try_init();
     let order = ByteOrder::from_little_endian(config.little_endian);
     let events = Events::default();
@@ -84,15 +106,32 @@ pub fn start_with(
         .on_offline(move |uid| e2.push(Event::Offline(uid.into())))
         .on_message(move |uid, m| e3.push(Event::Upstream(uid.into(), m)));
     let server = adjust(builder).build().expect("server starts");
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let thread = std::thread::spawn(move || server.run());
-    TestServer {
-        addr,
-        handle,
+    BoundServer {
+        addr: server.local_addr(),
+        server,
         events,
         order,
-        thread: Some(thread),
+    }
+}
+
+impl BoundServer {
+    /// A raw connection, accepted once the server runs.
+    pub fn connect(&self) -> Connection {
+        Connection::connect(self.addr, self.order).expect("connect")
+    }
+
+    /// Runs the reactor on a thread of its own.
+    pub fn run(self) -> TestServer {
+        let handle = self.server.handle();
+        let server = self.server;
+        let thread = std::thread::spawn(move || server.run());
+        TestServer {
+            addr: self.addr,
+            handle,
+            events: self.events,
+            order: self.order,
+            thread: Some(thread),
+        }
     }
 }
 
