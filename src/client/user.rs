@@ -157,9 +157,9 @@ impl UserClient {
     /// background. The first attempt is made here, so that an unreachable server or a refused
     /// token is reported at once rather than retried.
     pub fn connect(config: UserConfig) -> Result<UserClient, ConnectError> {
-        let conn = open(&config)?;
+        let (conn, writer) = open(&config)?;
         let shared = Arc::new(Shared {
-            writer: Mutex::new(None),
+            writer: Mutex::new(Some(writer)),
             stopped: Mutex::new(false),
             stop: Condvar::new(),
             heartbeats_answered: AtomicU64::new(0),
@@ -315,7 +315,10 @@ impl Worker {
                     return;
                 }
                 match open(&self.config) {
-                    Ok(conn) => break conn,
+                    Ok((conn, writer)) => {
+                        *self.shared.writer() = Some(writer);
+                        break conn;
+                    }
                     Err(ConnectError::AuthRefused) => {
                         warn!("the server refused the token; not reconnecting");
                         self.emit(Event::Disconnected {
@@ -333,13 +336,9 @@ impl Worker {
         }
     }
 
-    /// Reads and heartbeats on one authenticated connection until it is lost or the client
-    /// is closed.
+    /// Reads and heartbeats on one authenticated connection, whose writer is in place, until
+    /// it is lost or the client is closed.
     fn session(&self, conn: &mut Connection) -> SessionEnd {
-        match conn.writer() {
-            Ok(writer) => *self.shared.writer() = Some(writer),
-            Err(e) => return SessionEnd::Lost(Disconnect::Failed(e.kind())),
-        }
         // Checked after the writer is in place: a `close` racing with us either sees the
         // writer and shuts it down, or has set `stopped` before this check.
         let reason = if self.shared.is_stopped() {
@@ -407,8 +406,8 @@ impl Worker {
     }
 }
 
-/// Finds the server, connects and authenticates.
-fn open(config: &UserConfig) -> Result<Connection, ConnectError> {
+/// Finds the server, connects and authenticates; returns the connection and its sending half.
+fn open(config: &UserConfig) -> Result<(Connection, FrameWriter), ConnectError> {
     let server = match &config.server {
         ServerAddr::Direct(server) => server.clone(),
         ServerAddr::HostApi(api) => lookup_host(api, ANSWER_TIMEOUT)?,
@@ -417,7 +416,8 @@ fn open(config: &UserConfig) -> Result<Connection, ConnectError> {
     let mut conn = Connection::connect(&server, order)?;
     if conn.authenticate(&config.token, ANSWER_TIMEOUT)? {
         debug!("authenticated with {server}");
-        Ok(conn)
+        let writer = conn.writer()?;
+        Ok((conn, writer))
     } else {
         Err(ConnectError::AuthRefused)
     }
