@@ -302,7 +302,7 @@ impl Worker {
                 SessionEnd::Lost(reason) => reason,
             };
             let reconnecting = self.config.reconnect.allows(reason);
-            warn!("disconnected ({reason:?}); reconnecting: {reconnecting}");
+            info!("disconnected ({reason:?}); reconnecting: {reconnecting}");
             self.emit(Event::Disconnected {
                 reason,
                 reconnecting,
