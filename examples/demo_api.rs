@@ -63,9 +63,7 @@ fn main() -> io::Result<()> {
     if !servers.is_empty() {
         config.inner_servers = servers;
     }
-    let client = Arc::new(
-        PlexClient::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-    );
+    let client = Arc::new(PlexClient::new(config)?);
     if let Err(e) = client.wait_connected(Duration::from_secs(5)) {
         log::warn!("{e}; pushes fail with 503 until a server is reached");
     }

@@ -166,16 +166,24 @@ pub struct PlexClient {
 
 impl PlexClient {
     /// Starts connecting to every server in the background; see [`PlexClient::wait_connected`].
-    pub fn new(config: PlexClientConfig) -> Result<PlexClient, ConfigError> {
-        config.validate()?;
+    /// An invalid config is an error of kind `InvalidInput` naming the key to fix.
+    pub fn new(config: PlexClientConfig) -> io::Result<PlexClient> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.0))?;
         let order = ByteOrder::from_little_endian(config.little_endian);
-        let mut links = Vec::new();
-        let mut threads = Vec::new();
+        // Built up link by link: if a thread cannot start, dropping it stops the others.
+        let mut client = PlexClient {
+            links: Vec::new(),
+            threads: Vec::new(),
+            order,
+            max_queued: config.max_queued,
+        };
         for server in &config.inner_servers {
             let link = Arc::new(Link {
                 server: server.clone(),
                 state: Mutex::new(LinkState {
-                    state: ServerState::Connecting,
+                    connection: ServerState::Connecting,
                     queue: VecDeque::new(),
                     lost: false,
                     close_by: None,
@@ -188,19 +196,13 @@ impl PlexClient {
                 order,
                 heartbeat: Duration::from_secs(config.heartbeat),
             };
+            client.links.push(link);
             let thread = thread::Builder::new()
                 .name(format!("plex-push {server}"))
-                .spawn(move || worker.run())
-                .map_err(|e| ConfigError(format!("cannot start a thread: {e}")))?;
-            links.push(link);
-            threads.push(thread);
+                .spawn(move || worker.run())?;
+            client.threads.push(thread);
         }
-        Ok(PlexClient {
-            links,
-            threads,
-            order,
-            max_queued: config.max_queued,
-        })
+        Ok(client)
     }
 
     /// Queues `{uri, body}` for every connection of `uid`, on every server; returns at once.
@@ -231,10 +233,13 @@ impl PlexClient {
                 .position(|s| bad(s))
                 .map(|i| self.links[i].server.clone())
         };
-        if let Some(server) = server_where(&|s| s.state == ServerState::Refused) {
+        if let Some(server) = server_where(&|s| s.connection == ServerState::Refused) {
             return Err(PushError::Refused { server });
         }
-        if states.iter().all(|s| s.state == ServerState::Connecting) {
+        if states
+            .iter()
+            .all(|s| s.connection == ServerState::Connecting)
+        {
             return Err(PushError::NotConnected {
                 servers: self.servers(),
             });
@@ -252,15 +257,15 @@ impl PlexClient {
         Ok(())
     }
 
-    /// Waits until every server is connected, at most `timeout`. Fails as soon as a server
-    /// refuses the password, or with the servers still unreached at the deadline.
+    /// Waits until every server is connected, at most `timeout`. Fails with `Refused` if a
+    /// server refuses the password, or with the servers still unreached at the deadline.
     pub fn wait_connected(&self, timeout: Duration) -> Result<(), PushError> {
         let deadline = Instant::now() + timeout;
         for link in &self.links {
             let state = link.wait_while(deadline, |s| {
-                !matches!(s.state, ServerState::Connected | ServerState::Refused)
+                !matches!(s.connection, ServerState::Connected | ServerState::Refused)
             });
-            if state.state == ServerState::Refused {
+            if state.connection == ServerState::Refused {
                 return Err(PushError::Refused {
                     server: link.server.clone(),
                 });
@@ -287,7 +292,7 @@ impl PlexClient {
                 let state = link.lock();
                 ServerStatus {
                     server: link.server.clone(),
-                    state: state.state,
+                    state: state.connection,
                     queued: state.queue.len(),
                 }
             })
@@ -345,7 +350,7 @@ struct Link {
 }
 
 struct LinkState {
-    state: ServerState,
+    connection: ServerState,
     queue: VecDeque<Frame>,
     /// The reader saw the current connection end.
     lost: bool,
@@ -434,7 +439,7 @@ impl Worker {
                 }
                 Err(Attempt::Refused) => {
                     error!("{server} refused the inner password; giving up on it");
-                    self.link.lock().state = ServerState::Refused;
+                    self.link.lock().connection = ServerState::Refused;
                     return self.give_up();
                 }
                 Err(Attempt::Failed(e)) => debug!("cannot connect to {server}: {e}"),
@@ -517,7 +522,7 @@ impl Worker {
         };
         {
             let mut state = self.link.lock();
-            state.state = ServerState::Connected;
+            state.connection = ServerState::Connected;
             state.lost = false;
         }
         self.link.changed.notify_all();
@@ -533,7 +538,7 @@ impl Worker {
         reader.join().expect("a push reader panicked");
         if let SessionEnd::Lost = end {
             warn!("inner connection to {server} lost; reconnecting");
-            self.link.lock().state = ServerState::Reconnecting;
+            self.link.lock().connection = ServerState::Reconnecting;
             self.link.changed.notify_all();
         }
         end
@@ -667,7 +672,8 @@ mod tests {
             ),
         ] {
             let e = PlexClient::new(config).err().expect("rejected");
-            assert!(e.0.contains(key), "{e}");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(key), "{e}");
         }
     }
 

@@ -19,7 +19,8 @@ use super::connection::{Connection, FrameWriter};
 use super::host::lookup_host;
 use crate::protocol::{ByteOrder, Message, uri};
 
-/// How long the server may take to answer the authentication, and the host lookup to answer.
+/// How long the server may take to answer the authentication or the host lookup, and to
+/// take a write.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A server silent for this many heartbeat intervals (it answers every heartbeat) is gone.
 const SILENT_HEARTBEATS: u32 = 3;
@@ -417,6 +418,9 @@ fn open(config: &UserConfig) -> Result<(Connection, FrameWriter), ConnectError> 
     if conn.authenticate(&config.token, ANSWER_TIMEOUT)? {
         debug!("authenticated with {server}");
         let writer = conn.writer()?;
+        // A server that stops reading must not hold a heartbeat, an upstream send or a
+        // `close` (which shuts the socket down under the same lock) forever.
+        writer.set_write_timeout(Some(ANSWER_TIMEOUT))?;
         Ok((conn, writer))
     } else {
         Err(ConnectError::AuthRefused)
