@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::*;
-use plex::protocol::{ByteOrder, Message, frame, uri};
+use plex::protocol::{ByteOrder, Message, uri};
 use rand::{RngExt, SeedableRng};
 
 const GOOD_USERS: usize = 40;

@@ -2,7 +2,7 @@
 //! of `PlexClient`'s inner connections, and of the tests.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::protocol::message::encode_message;
@@ -13,6 +13,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame accepted from a server: servers send pushes of at most the inner limit.
 const MAX_FRAME: u32 = 16 * 1024 * 1024;
 
+/// A framed connection to a Plex server, read and written by one thread; [`Connection::writer`]
+/// gives another thread its sending half.
 pub struct Connection {
     stream: TcpStream,
     order: ByteOrder,
@@ -24,16 +26,19 @@ pub struct Connection {
 impl Connection {
     /// Connects to the first reachable address of `addr`.
     pub fn connect(addr: impl ToSocketAddrs, order: ByteOrder) -> io::Result<Connection> {
-        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
-        for a in addr.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-                Ok(stream) => return Connection::from_stream(stream, order),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        Connection::connect_timeout(addr, order, CONNECT_TIMEOUT)
     }
 
+    /// Connects to the first reachable address of `addr`, waiting at most `timeout` for each.
+    pub fn connect_timeout(
+        addr: impl ToSocketAddrs,
+        order: ByteOrder,
+        timeout: Duration,
+    ) -> io::Result<Connection> {
+        connect_stream(addr, timeout).and_then(|stream| Connection::from_stream(stream, order))
+    }
+
+    /// Wraps a connected stream.
     pub fn from_stream(stream: TcpStream, order: ByteOrder) -> io::Result<Connection> {
         stream.set_nodelay(true)?;
         Ok(Connection {
@@ -44,6 +49,7 @@ impl Connection {
         })
     }
 
+    /// The server's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.stream.peer_addr()
     }
@@ -53,11 +59,19 @@ impl Connection {
         &self.stream
     }
 
+    /// The sending half, for a thread other than the one that calls `recv`. It writes to the
+    /// same socket: frames sent through both halves must not be sent concurrently.
+    pub fn writer(&self) -> io::Result<FrameWriter> {
+        Ok(FrameWriter {
+            stream: self.stream.try_clone()?,
+            order: self.order,
+            output: Vec::new(),
+        })
+    }
+
     /// Sends `{uri, body}` (no `seq`, as clients do).
     pub fn send(&mut self, uri: &str, body: &str) -> io::Result<()> {
-        self.output.clear();
-        encode_message(&mut self.output, self.order, 0, uri, body);
-        self.stream.write_all(&self.output)
+        send_message(&mut self.stream, &mut self.output, self.order, uri, body)
     }
 
     /// Waits for the next message, at most `timeout` (`None`: forever). A timeout is an
@@ -115,7 +129,9 @@ impl Connection {
         self.await_auth(timeout)
     }
 
-    fn await_auth(&mut self, timeout: Duration) -> io::Result<bool> {
+    /// Waits for the answer to an authentication sent earlier: `Ok(true)` on `/auth/success`,
+    /// `Ok(false)` on `/auth/failed`.
+    pub fn await_auth(&mut self, timeout: Duration) -> io::Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -127,4 +143,65 @@ impl Connection {
             }
         }
     }
+}
+
+/// The sending half of a [`Connection`].
+pub struct FrameWriter {
+    stream: TcpStream,
+    order: ByteOrder,
+    output: Vec<u8>,
+}
+
+impl FrameWriter {
+    /// Sends `{uri, body}` (no `seq`, as clients do).
+    pub fn send(&mut self, uri: &str, body: &str) -> io::Result<()> {
+        send_message(&mut self.stream, &mut self.output, self.order, uri, body)
+    }
+
+    /// Bounds how long a write may block on a server that does not read.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_write_timeout(timeout)
+    }
+
+    /// Shuts the socket down both ways: a `recv` blocked on the other half returns at once.
+    pub fn shutdown(&self) {
+        // Already closed by the peer is fine: either way the socket is done.
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// Raw bytes, for frames encoded beforehand with this connection's byte order; a caller that
+/// needs to know how far a failed write got uses `write` rather than `write_all`.
+impl Write for FrameWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+fn send_message(
+    stream: &mut TcpStream,
+    output: &mut Vec<u8>,
+    order: ByteOrder,
+    uri: &str,
+    body: &str,
+) -> io::Result<()> {
+    output.clear();
+    encode_message(output, order, 0, uri, body);
+    stream.write_all(output)
+}
+
+/// Connects to the first reachable address of `addr`, waiting at most `timeout` for each.
+pub(crate) fn connect_stream(addr: impl ToSocketAddrs, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }

@@ -77,24 +77,65 @@ pub fn start_with(
     config: Config,
     adjust: impl FnOnce(plex::ServerBuilder) -> plex::ServerBuilder,
 ) -> TestServer {
+    bind_with(config, adjust).run()
+}
+
+/// A server whose listener is bound but whose reactor does not run yet: connections wait in
+/// the backlog, and what they send is read in its first turn, in one go.
+pub struct BoundServer {
+    pub addr: SocketAddr,
+    pub http: SocketAddr,
+    server: Server,
+    events: Events,
+    order: ByteOrder,
+}
+
+/// Binds a server with `config` (its `AuthMode` decides how tokens are checked), without
+/// running it.
+pub fn bind(config: Config) -> BoundServer {
+    bind_with(config, |b| b)
+}
+
+/// Binds a server, letting the test adjust the builder (hooks are already set).
+pub fn bind_with(
+    config: Config,
+    adjust: impl FnOnce(plex::ServerBuilder) -> plex::ServerBuilder,
+) -> BoundServer {
     let order = ByteOrder::from_little_endian(config.little_endian);
     let (builder, events) = builder_with_events(config);
     let server = adjust(builder).build().expect("server starts");
-    let addr = server.local_addr();
-    let http = server.http_addr();
-    let handle = server.handle();
-    let thread = std::thread::spawn(move || server.run());
-    TestServer {
-        addr,
-        http,
-        handle,
+    BoundServer {
+        addr: server.local_addr(),
+        http: server.http_addr(),
+        server,
         events,
         order,
-        thread: Some(thread),
     }
 }
 
-/// A builder with the demo auth and hooks that record into the returned `Events`, for tests
+impl BoundServer {
+    /// A raw connection, accepted once the server runs.
+    pub fn connect(&self) -> Connection {
+        Connection::connect(self.addr, self.order).expect("connect")
+    }
+
+    /// Runs the reactor on a thread of its own.
+    pub fn run(self) -> TestServer {
+        let handle = self.server.handle();
+        let server = self.server;
+        let thread = std::thread::spawn(move || server.run());
+        TestServer {
+            addr: self.addr,
+            http: self.http,
+            handle,
+            events: self.events,
+            order: self.order,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A builder (auth from the config's `AuthMode`) with hooks that record into the returned `Events`, for tests
 /// that run the server themselves (e.g. one turn at a time).
 pub fn builder_with_events(config: Config) -> (plex::ServerBuilder, Events) {
     let _ = env_logger::builder().is_test(true).try_init();
