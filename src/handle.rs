@@ -2,11 +2,11 @@
 //! through a bounded queue and the reactor is woken with `mio::Waker`; a burst of commands
 //! costs one wake-up, not one per command.
 
-use std::cell::Cell;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, ThreadId};
 
 use mio::Waker;
 
@@ -16,26 +16,6 @@ use crate::stats::Stats;
 
 /// Commands the handle can queue; the queue holds at most this many before senders wait.
 const QUEUE_CAPACITY: usize = 64 * 1024;
-
-thread_local! {
-    /// Set while this thread is running a reactor turn (and therefore the hooks).
-    static IN_REACTOR: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks the current thread as running the reactor until the guard drops.
-pub(crate) struct ReactorThreadGuard(bool);
-
-impl ReactorThreadGuard {
-    pub fn enter() -> Self {
-        ReactorThreadGuard(IN_REACTOR.replace(true))
-    }
-}
-
-impl Drop for ReactorThreadGuard {
-    fn drop(&mut self) {
-        IN_REACTOR.set(self.0);
-    }
-}
 
 pub(crate) enum Command {
     Push {
@@ -74,8 +54,8 @@ pub enum HandleError {
     BadUri(BadPushUri),
     /// The command queue is full and this thread runs the reactor, so it cannot wait.
     Busy,
-    /// A call that waits for the reactor's answer was made from a hook, on the reactor's own
-    /// thread: it would wait forever.
+    /// A call that waits for the reactor's answer was made on the thread that runs the
+    /// reactor (from a hook, or between `Server::turn` calls): it would wait forever.
     OnReactorThread,
 }
 
@@ -98,6 +78,8 @@ struct Shared {
     waker: Waker,
     /// A wake-up is on its way; senders need not wake the reactor again.
     wake_pending: AtomicBool,
+    /// The thread that last ran a turn: it cannot wait for the reactor's answers.
+    driver: Mutex<Option<ThreadId>>,
 }
 
 /// Talks to a running server from any thread. Cheap to clone.
@@ -118,6 +100,7 @@ pub(crate) fn channel(waker: Waker) -> (Handle, Commands) {
     let shared = Arc::new(Shared {
         waker,
         wake_pending: AtomicBool::new(false),
+        driver: Mutex::new(None),
     });
     (
         Handle {
@@ -129,6 +112,15 @@ pub(crate) fn channel(waker: Waker) -> (Handle, Commands) {
 }
 
 impl Commands {
+    /// Records the thread running this turn, so that handle calls on it do not wait.
+    pub fn driven_by_current_thread(&self) {
+        let me = thread::current().id();
+        let mut driver = self.shared.driver.lock().unwrap_or_else(|e| e.into_inner());
+        if *driver != Some(me) {
+            *driver = Some(me);
+        }
+    }
+
     /// Call on each wake-up before draining, so that a command sent during the drain wakes
     /// the reactor again.
     pub fn rearm(&self) {
@@ -138,6 +130,13 @@ impl Commands {
     /// The next queued command, if any.
     pub fn next(&self) -> Option<Command> {
         self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for Commands {
+    fn drop(&mut self) {
+        // The reactor is gone: calls fail with `Stopped` on every thread from now on.
+        *self.shared.driver.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -209,8 +208,13 @@ impl Handle {
         self.send(Command::Shutdown)
     }
 
+    fn on_driver_thread(&self) -> bool {
+        let driver = self.shared.driver.lock().unwrap_or_else(|e| e.into_inner());
+        *driver == Some(thread::current().id())
+    }
+
     fn send(&self, command: Command) -> Result<(), HandleError> {
-        if IN_REACTOR.get() {
+        if self.on_driver_thread() {
             // The reactor cannot wait for itself to drain the queue.
             self.tx.try_send(command).map_err(|e| match e {
                 TrySendError::Full(_) => HandleError::Busy,
@@ -226,7 +230,7 @@ impl Handle {
     }
 
     fn ask<T>(&self, command: impl FnOnce(SyncSender<T>) -> Command) -> Result<T, HandleError> {
-        if IN_REACTOR.get() {
+        if self.on_driver_thread() {
             return Err(HandleError::OnReactorThread);
         }
         let (reply, answer) = mpsc::sync_channel(1);

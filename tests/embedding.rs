@@ -259,7 +259,18 @@ fn a_host_loop_drives_the_server_with_turn() {
     turn_until(&mut server, "alice online", |_| {
         events.snapshot().contains(&online)
     });
-    // Between turns the host thread is an ordinary thread: a push just queues.
+    // Between turns the host thread may queue commands, but waiting for an answer would hang:
+    // nobody else runs the reactor. It is refused instead.
+    assert_eq!(handle.online("alice"), Err(HandleError::OnReactorThread));
+    // Another thread may wait: the host's next turns answer it.
+    let asker = {
+        let handle = handle.clone();
+        std::thread::spawn(move || handle.online("alice"))
+    };
+    turn_until(&mut server, "the other thread's answer", |_| {
+        asker.is_finished()
+    });
+    assert_eq!(asker.join().unwrap(), Ok(1));
     handle.push("alice", "/host", "driven").unwrap();
     turn_until(&mut server, "the client is done", |_| client.is_finished());
     let pushed = client.join().unwrap();

@@ -344,7 +344,9 @@ impl Reactor {
         if self.is_finished() {
             return Ok(());
         }
-        let _guard = handle::ReactorThreadGuard::enter();
+        if let Some(commands) = &self.commands {
+            commands.driven_by_current_thread();
+        }
         let timeout = self.poll_timeout(timeout);
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -356,8 +358,12 @@ impl Reactor {
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
             match event.token() {
-                Token(0) => self.accept(Side::Plex),
-                Token(1) => self.accept(Side::Http),
+                Token(0) => {
+                    self.accept(Side::Plex);
+                }
+                Token(1) => {
+                    self.accept(Side::Http);
+                }
                 WAKER => self.commands_left = true,
                 SIGNALS => self.on_signal(),
                 token => {
@@ -381,9 +387,12 @@ impl Reactor {
             .accept_paused_until
             .is_some_and(|t| t <= self.clock.tick)
         {
-            self.accept_paused_until = None;
-            self.accept(Side::Plex);
-            self.accept(Side::Http);
+            // Both listeners are retried; the pause ends when neither runs short.
+            let saturated = self.accept(Side::Plex) | self.accept(Side::Http);
+            if !saturated {
+                self.accept_paused_until = None;
+                info!("accepting again");
+            }
         }
         self.expire_timers();
         self.flush_dirty();
@@ -413,14 +422,16 @@ impl Reactor {
         }
     }
 
-    fn accept(&mut self, side: Side) {
+    /// Accepts every pending connection; returns whether it stopped for lack of descriptors
+    /// or memory (accepting is then paused).
+    fn accept(&mut self, side: Side) -> bool {
         loop {
             let Some(listener) = &self.listeners[side as usize] else {
-                return;
+                return false;
             };
             match listener.accept() {
                 Ok((stream, addr)) => self.admit(side, stream, addr),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_transient_accept_error(&e) => debug!("accept: {e}"),
                 Err(e) => {
@@ -430,7 +441,7 @@ impl Reactor {
                         warn!("accept failed, pausing accepts: {e}");
                     }
                     self.accept_paused_until = Some(self.clock.tick + ACCEPT_PAUSE_TICKS);
-                    return;
+                    return true;
                 }
             }
         }
