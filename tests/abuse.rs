@@ -4,11 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -272,103 +269,9 @@ fn a_slow_consumer_is_closed_while_others_keep_receiving_in_order() {
 /// signal pipe, stdio) and the rest go to clients.
 const CHILD_NOFILE: u32 = 40;
 
-/// The `plex-server` binary, killed when the test ends (also on panic).
-struct ChildServer {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    addr: SocketAddr,
-}
-
-impl ChildServer {
-    fn spawn_with_nofile(limit: u32) -> ChildServer {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("ulimit -n {limit}; exec \"$0\" \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_plex-server"))
-            .args(["--port", "0", "--http-port", "0"])
-            .args(["--bind", "127.0.0.1", "--http-bind", "127.0.0.1"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plex-server");
-        // Drain stderr all along: a full pipe would block the server's logging.
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut server = ChildServer {
-            child,
-            log,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let mut line = None;
-        let ok = wait_until(WAIT, || {
-            line = server.logged_line("listening for clients on ");
-            line.is_some()
-        });
-        assert!(ok, "no listening line: {:?}", server.log.lock().unwrap());
-        let addr = line.unwrap().rsplit(' ').next().unwrap().to_owned();
-        server.addr = addr.parse().expect("address in the log line");
-        server
-    }
-
-    /// The first line of the server's log that contains `what`.
-    fn logged_line(&self, what: &str) -> Option<String> {
-        let log = self.log.lock().unwrap();
-        log.iter().find(|l| l.contains(what)).cloned()
-    }
-
-    fn logged(&self, what: &str) -> bool {
-        self.logged_line(what).is_some()
-    }
-
-    /// User plus system CPU time the process has used so far.
-    fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("the server process is alive");
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
-    }
-
-    fn assert_running(&mut self) {
-        let status = self.child.try_wait().expect("try_wait");
-        assert!(status.is_none(), "the server exited: {status:?}");
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 #[test]
 fn running_out_of_descriptors_on_accept_neither_kills_nor_spins() {
-    let mut server = ChildServer::spawn_with_nofile(CHILD_NOFILE);
+    let mut server = ChildServer::spawn(&[], "info", Some(CHILD_NOFILE));
     const SATURATED: &str = "pausing accepts";
     let order = ByteOrder::Big;
 

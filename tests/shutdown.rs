@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 
 use common::*;
+use plex::protocol::ByteOrder;
 
 #[test]
 fn shutdown_flushes_pending_output_then_closes_and_fires_offline() {
@@ -85,48 +84,41 @@ fn handle_calls_after_shutdown_report_stopped() {
     assert_eq!(handle.online("u"), Err(plex::HandleError::Stopped));
 }
 
-/// The real binary, killed on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let mut server = ChildServer::spawn(&["--shutdown-timeout", "5"], "info", None);
+    let mut client = plex::client::Connection::connect(server.addr, ByteOrder::Big).unwrap();
+    assert!(client.authenticate("7", WAIT).unwrap());
+    let status = server.terminate();
+    assert_closed(&mut client);
+    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+    assert!(
+        server.logged("signal 15: shutting down"),
+        "{:?}",
+        server.log()
+    );
 }
 
 #[test]
-fn sigterm_drains_and_exits_zero() {
-    let mut child = Child(
-        Command::new(env!("CARGO_BIN_EXE_plex-server"))
-            .args(["--port", "0", "--http-port", "0", "--bind", "127.0.0.1"])
-            .args(["--http-bind", "127.0.0.1", "--shutdown-timeout", "5"])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plex-server"),
-    );
-    let mut log = BufReader::new(child.0.stderr.take().unwrap());
-    let port = loop {
-        let mut line = String::new();
-        assert!(
-            log.read_line(&mut line).unwrap() > 0,
-            "server exited before listening"
-        );
-        if let Some(rest) = line.split("listening for clients on ").nth(1) {
-            let addr = rest.split([',', ' ', '\n']).next().unwrap();
-            break addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
-        }
-    };
-    let mut client =
-        plex::client::Connection::connect(("127.0.0.1", port), plex::protocol::ByteOrder::Big)
-            .unwrap();
-    assert!(client.authenticate("7", WAIT).unwrap());
-
-    let pid = child.0.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(killed.success());
-    assert_closed(&mut client);
-    let status = child.0.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+fn secrets_never_reach_the_log_even_at_trace_level() {
+    let (secret, password) = ("jwt-secret-d41d8cd9", "inner-password-8f00b204");
+    let args = [
+        "--trace",
+        "--jwt-secret",
+        secret,
+        "--inner-password",
+        password,
+    ];
+    let mut server = ChildServer::spawn(&args, "trace", None);
+    let mut inner = plex::client::Connection::connect(server.addr, ByteOrder::Big).unwrap();
+    assert!(inner.authenticate_inner(password, WAIT).unwrap());
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.not-a-valid-signature-e9800998";
+    let mut user = plex::client::Connection::connect(server.addr, ByteOrder::Big).unwrap();
+    assert!(!user.authenticate(token, WAIT).unwrap());
+    assert_eq!(server.terminate().code(), Some(0));
+    let log = server.log().join("\n");
+    assert!(log.contains("TRACE"), "trace logging was on: {log}");
+    for leaked in [secret, password, token] {
+        assert!(!log.contains(leaked), "{leaked} appears in the log:\n{log}");
+    }
 }

@@ -192,7 +192,11 @@ mod tests {
     fn an_idle_connection_stays_small() {
         // Every idle connection pays for this struct and nothing else on the heap (its
         // buffers are unallocated). Growing it costs megabytes per million connections.
-        assert!(std::mem::size_of::<Conn>() <= 128, "{}", std::mem::size_of::<Conn>());
+        assert!(
+            std::mem::size_of::<Conn>() <= 128,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
         assert!(std::mem::size_of::<State>() <= 24);
     }
 }

@@ -68,7 +68,12 @@ impl Reactor {
                 return true;
             }
         };
-        trace!("#{key}: {} {:?}", message.uri, message.body);
+        if log::log_enabled!(log::Level::Trace) {
+            // Tokens and the inner password are secrets: never in the log.
+            let secret = matches!(&*message.uri, uri::AUTH | uri::INNER_AUTH);
+            let body: &str = if secret { "<redacted>" } else { &message.body };
+            trace!("#{key}: {} {body:?}", message.uri);
+        }
         match conn.state {
             State::Unauthenticated { .. } => self.on_unauthenticated(key, message),
             State::User { .. } => {

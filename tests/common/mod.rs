@@ -2,7 +2,9 @@
 //! hooks saw, and condition waits with deadlines (never fixed sleeps).
 #![allow(dead_code)] // each test file uses a different subset
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -349,5 +351,120 @@ impl TestServer {
             "run() did not return after shutdown"
         );
         thread.join().expect("reactor thread").expect("run ok");
+    }
+}
+
+// ---- The real binary, for what only a process shows: signals, limits, logs.
+
+/// The `plex-server` binary, killed when the test ends (also on panic).
+pub struct ChildServer {
+    pub child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts the binary on loopback and OS-chosen ports with `args` added, logging at
+    /// `RUST_LOG=log_level`, under a descriptor limit of `nofile` (or the inherited one).
+    pub fn spawn(args: &[&str], log_level: &str, nofile: Option<u32>) -> ChildServer {
+        let limit = nofile.map_or("unlimited".to_owned(), |n| n.to_string());
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} 2>/dev/null; exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_plex-server"))
+            .args(["--port", "0", "--http-port", "0"])
+            .args(["--bind", "127.0.0.1", "--http-bind", "127.0.0.1"])
+            .args(args)
+            .env("RUST_LOG", log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn plex-server");
+        // Drain stderr all along: a full pipe would block the server's logging.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut server = ChildServer {
+            child,
+            log,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let mut line = None;
+        let ok = wait_until(WAIT, || {
+            line = server.logged_line("listening for clients on ");
+            line.is_some()
+        });
+        assert!(ok, "no listening line: {:?}", server.log.lock().unwrap());
+        let addr = line.unwrap().rsplit(' ').next().unwrap().to_owned();
+        server.addr = addr.parse().expect("address in the log line");
+        server
+    }
+
+    /// The first line of the server's log that contains `what`.
+    pub fn logged_line(&self, what: &str) -> Option<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().find(|l| l.contains(what)).cloned()
+    }
+
+    pub fn logged(&self, what: &str) -> bool {
+        self.logged_line(what).is_some()
+    }
+
+    /// User plus system CPU time the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the server process is alive");
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
+    }
+
+    pub fn assert_running(&mut self) {
+        let status = self.child.try_wait().expect("try_wait");
+        assert!(status.is_none(), "the server exited: {status:?}");
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+impl ChildServer {
+    /// Every line logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        self.child.wait().unwrap()
     }
 }
