@@ -56,7 +56,10 @@ impl<'a> MessageRef<'a> {
     /// Anything else (not UTF-8, not JSON, not an object, a field of the wrong type) is an
     /// error: a bad frame.
     pub fn decode(payload: &'a [u8]) -> Result<Self, DecodeError> {
-        let mut de = serde_json::Deserializer::from_slice(payload);
+        // The whole payload must be UTF-8, ignored values included: `from_slice` would skip
+        // over invalid bytes inside a value nobody reads.
+        let text = std::str::from_utf8(payload).map_err(DecodeError::NotUtf8)?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let message = de.deserialize_map(GoVisitor::<MessageRef>(PhantomData))?;
         de.end()?;
         Ok(message)
@@ -110,17 +113,23 @@ impl<'a> PushRequest<'a> {
 
 /// A payload that is not a well-formed message.
 #[derive(Debug)]
-pub struct DecodeError(serde_json::Error);
+pub enum DecodeError {
+    NotUtf8(std::str::Utf8Error),
+    Json(serde_json::Error),
+}
 
 impl From<serde_json::Error> for DecodeError {
     fn from(e: serde_json::Error) -> Self {
-        DecodeError(e)
+        DecodeError::Json(e)
     }
 }
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "bad message: {}", self.0)
+        match self {
+            DecodeError::NotUtf8(e) => write!(f, "bad message: not UTF-8: {e}"),
+            DecodeError::Json(e) => write!(f, "bad message: {e}"),
+        }
     }
 }
 
@@ -333,6 +342,8 @@ mod tests {
             assert!(decode(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(MessageRef::decode(b"{\"uri\": \"\xff\"}").is_err());
+        // Invalid bytes in a value that is skipped make the frame bad all the same.
+        assert!(MessageRef::decode(b"{\"uri\": \"/a\", \"x\": \"\xff\"}").is_err());
     }
 
     #[test]

@@ -344,7 +344,7 @@ impl Reactor {
     }
 
     fn http_push(&mut self, request: &Request) -> Response {
-        let body: PushBody = match serde_json::from_slice(request.body) {
+        let body: PushBody = match parse_json(request.body) {
             Ok(body) => body,
             Err(e) => return self.refuse(&format!("bad JSON: {e}")),
         };
@@ -366,7 +366,7 @@ impl Reactor {
     }
 
     fn http_broadcast(&mut self, request: &Request) -> Response {
-        let body: PushBody = match serde_json::from_slice(request.body) {
+        let body: PushBody = match parse_json(request.body) {
             Ok(body) => body,
             Err(e) => return self.refuse(&format!("bad JSON: {e}")),
         };
@@ -403,7 +403,7 @@ impl Reactor {
     }
 
     fn http_kick(&mut self, request: &Request) -> Response {
-        let uid = match serde_json::from_slice::<KickBody>(request.body) {
+        let uid = match parse_json::<KickBody>(request.body) {
             Ok(KickBody { uid: Some(uid) }) if !uid.is_empty() => uid,
             Ok(_) => return Response::error(400, "uid is required"),
             Err(e) => return Response::error(400, &format!("bad JSON: {e}")),
@@ -424,6 +424,12 @@ impl Reactor {
             allow: None,
         }
     }
+}
+
+/// Reads a JSON request body; all of it must be UTF-8, including values no one reads.
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
 /// Decodes `%XX` escapes and `+` (a space in query strings); `None` if malformed or not UTF-8.

@@ -101,8 +101,10 @@ impl<T: Copy> TimerWheel<T> {
             return;
         }
         // After a long pause, one pass over every slot finds all that is due.
-        let ticks = (to - self.now + 1).min(self.slots.len() as u64);
-        for tick in self.now..self.now + ticks {
+        let ticks = (to - self.now)
+            .saturating_add(1)
+            .min(self.slots.len() as u64);
+        for tick in (self.now..).take(ticks as usize) {
             let slot = self.slot_of(tick);
             let mut cursor = self.slots[slot];
             while cursor != NIL {
@@ -114,7 +116,7 @@ impl<T: Copy> TimerWheel<T> {
                 cursor = next;
             }
         }
-        self.now = to + 1;
+        self.now = to.saturating_add(1);
     }
 
     /// The first tick at or after the current one whose slot holds a timer, looking at most
@@ -125,7 +127,8 @@ impl<T: Copy> TimerWheel<T> {
             return None;
         }
         let horizon = horizon.min(self.slots.len() as u64);
-        (self.now..self.now + horizon).find(|&tick| self.slots[self.slot_of(tick)] != NIL)
+        (self.now..self.now.saturating_add(horizon))
+            .find(|&tick| self.slots[self.slot_of(tick)] != NIL)
     }
 }
 
@@ -190,6 +193,14 @@ mod tests {
         let mut w = TimerWheel::new(8, 10);
         w.insert(3, 7);
         assert_eq!(fire(&mut w, 10), vec![7]);
+    }
+
+    #[test]
+    fn the_end_of_time_does_not_overflow() {
+        let mut w = TimerWheel::new(8, 0);
+        w.insert(u64::MAX, 1);
+        w.insert(5, 2);
+        assert_eq!(fire(&mut w, u64::MAX), vec![1, 2]);
     }
 
     #[test]
