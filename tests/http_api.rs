@@ -394,7 +394,14 @@ fn bad_push_requests_are_400_and_counted() {
         .0,
         400
     );
-    assert_eq!(server.stats().refused, before + cases.len() as u64 + 2);
+    // Invalid UTF-8, even in a field nobody reads, makes the body bad JSON.
+    let response = agent()
+        .post(format!("http://{}/plex/v1/push", server.http))
+        .header("Authorization", TOKEN)
+        .send(&b"{\"uid\":\"1\",\"uri\":\"/x\",\"junk\":\"\xff\"}"[..])
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(server.stats().refused, before + cases.len() as u64 + 3);
 }
 
 #[test]
