@@ -37,10 +37,17 @@ pub struct AuthTicket(pub(crate) ConnRef);
 pub struct AuthRequest<'a> {
     /// The client's token (the frame's body).
     pub token: &'a str,
-    /// The client's address, if the socket still knows it.
-    pub remote: Option<SocketAddr>,
     /// Completes a `Pending` verdict.
     pub ticket: AuthTicket,
+    pub(crate) stream: &'a mio::net::TcpStream,
+}
+
+impl AuthRequest<'_> {
+    /// The client's address, if the socket still knows it. Asked of the kernel on demand,
+    /// so that auth functions that do not need it do not pay for it.
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
 }
 
 pub mod jwt;

@@ -131,14 +131,14 @@ impl Reactor {
             key: key as u32,
             generation: conn.generation,
         };
-        let remote = conn.stream.peer_addr().ok();
         let verdict = match &mut self.auth {
             Some(auth) => auth(AuthRequest {
                 token,
-                remote,
                 ticket: AuthTicket(ticket),
+                stream: &conn.stream,
             }),
             None => {
+                let remote = conn.stream.peer_addr().ok();
                 self.webhook_submit(ticket, token, remote);
                 AuthVerdict::Pending
             }
