@@ -1052,3 +1052,16 @@ proptest! {
         run_timer_ops(slots, start, &ops)?;
     }
 }
+
+/// `advance(u64::MAX)` overflows `to - now + 1` and `to + 1`: a panic in debug builds, and in
+/// release nothing fires and the wheel's time wraps to 0. The reactor's ticks (100 ms since
+/// start) never get there; a caller passing "fire everything" as `u64::MAX` would.
+#[test]
+#[ignore = "bug: TimerWheel::advance(u64::MAX) overflows (debug panic, release fires nothing)"]
+fn bug_advance_to_u64_max_fires_everything() {
+    let mut wheel = TimerWheel::new(8, 0);
+    wheel.insert(5, 1u32);
+    let mut expired = Vec::new();
+    wheel.advance(u64::MAX, &mut expired);
+    assert_eq!(expired, vec![1]);
+}
