@@ -550,8 +550,10 @@ proptest! {
         ],
     ) {
         if MessageRef::decode(&bytes).is_ok() {
-            // Whatever is accepted is a JSON object.
-            let value: Result<serde_json::Value, _> = serde_json::from_slice(&bytes);
+            // Whatever is accepted is a JSON object, once invalid UTF-8 in values it ignores
+            // is replaced (see `bug_invalid_utf8_in_an_ignored_value_is_accepted`).
+            let value: Result<serde_json::Value, _> =
+                serde_json::from_str(&String::from_utf8_lossy(&bytes));
             prop_assert!(value.is_ok_and(|v| v.is_object()), "{:?}", String::from_utf8_lossy(&bytes));
         }
         if let Ok(text) = std::str::from_utf8(&bytes) {
@@ -572,6 +574,16 @@ proptest! {
 fn bug_null_after_a_value_clears_the_field() {
     let m = MessageRef::decode(br#"{"seq":5,"uri":"/a","seq":null,"uri":null}"#).unwrap();
     assert_eq!((m.seq, &*m.uri), (5, "/a"));
+}
+
+/// PROTOCOL.md §2: "a payload that is not valid UTF-8 JSON ... is a bad frame". Invalid UTF-8
+/// inside a string the decoder skips (the value of an unknown key) is not checked, so such a
+/// frame is accepted. Nothing invalid reaches `uri` or `body`, and Go's `encoding/json` accepts
+/// it too (it replaces invalid UTF-8 with U+FFFD), so either the code or the sentence is off.
+#[test]
+#[ignore = "bug: invalid UTF-8 in an ignored value is accepted, PROTOCOL.md §2 says bad frame"]
+fn bug_invalid_utf8_in_an_ignored_value_is_accepted() {
+    assert!(MessageRef::decode(b"{\"x\":\"\x80\",\"uri\":\"/a\"}").is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
