@@ -48,7 +48,10 @@ fuzz_target!(|data: &[u8]| {
             break; // the server closes the connection
         }
         buffer.drain(..used);
-        assert!(buffer.len() < HEADER_LEN + max as usize, "kept past the limit");
+        assert!(
+            buffer.len() < HEADER_LEN + max as usize,
+            "kept past the limit"
+        );
         kept = buffer;
     }
 

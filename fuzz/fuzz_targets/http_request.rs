@@ -52,7 +52,11 @@ fn pipeline(input: &[u8], max_body: usize, out: &mut Vec<Owned>) -> (usize, End)
             }
             Parsed::Partial { .. } => {
                 // Waiting never means holding more than a head and a body within the limits.
-                assert!(rest.len() <= MAX_HEAD + max_body, "partial at {} bytes", rest.len());
+                assert!(
+                    rest.len() <= MAX_HEAD + max_body,
+                    "partial at {} bytes",
+                    rest.len()
+                );
                 return (used, End::Partial);
             }
             Parsed::Invalid(status, _) => {
