@@ -222,9 +222,9 @@ impl<'de> GoObject<'de> for MessageRef<'de> {
 
     fn set<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
         match index {
-            0 => self.seq = map.next_value::<Option<i64>>()?.unwrap_or(0),
-            1 => self.uri = next_str(map)?,
-            _ => self.body = next_str(map)?,
+            0 => set_unless_null(&mut self.seq, map.next_value()?),
+            1 => set_unless_null(&mut self.uri, next_str(map)?),
+            _ => set_unless_null(&mut self.body, next_str(map)?),
         }
         Ok(())
     }
@@ -234,22 +234,27 @@ impl<'de> GoObject<'de> for PushRequest<'de> {
     const FIELDS: &'static [&'static str] = &["uid", "uri", "body"];
 
     fn set<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
-        let value = next_str(map)?;
-        match index {
-            0 => self.uid = value,
-            1 => self.uri = value,
-            _ => self.body = value,
-        }
+        let field = match index {
+            0 => &mut self.uid,
+            1 => &mut self.uri,
+            _ => &mut self.body,
+        };
+        set_unless_null(field, next_str(map)?);
         Ok(())
     }
 }
 
-/// A string value where `null` means absent (empty).
-fn next_str<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Cow<'de, str>, A::Error> {
-    Ok(map
-        .next_value::<Option<Str<'de>>>()?
-        .map(|s| s.0)
-        .unwrap_or_default())
+/// Go's rule for `null` in a plain field: it has no effect, so an absent field stays at its
+/// zero value and an earlier duplicate key keeps its value.
+fn set_unless_null<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}
+
+/// A string value, `None` for `null`.
+fn next_str<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Cow<'de, str>>, A::Error> {
+    Ok(map.next_value::<Option<Str<'de>>>()?.map(|s| s.0))
 }
 
 /// A JSON string borrowed from the input when it has no escapes. (`Cow<str>`'s own

@@ -2,6 +2,8 @@
 //! hooks saw, and condition waits with deadlines (never fixed sleeps).
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod chunks;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
