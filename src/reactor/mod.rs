@@ -9,17 +9,19 @@
 mod buffer;
 mod conn;
 pub(crate) mod http;
+mod lifecycle;
 mod plex;
 mod registry;
 mod timer;
+mod transfer;
 mod webhook;
 
-use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::{debug, error, info, warn};
-use mio::net::{TcpListener, TcpStream};
+use log::{info, warn};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
@@ -30,7 +32,8 @@ use crate::handle::{self, Command, Commands, Handle};
 use crate::protocol::{ByteOrder, Message, SeqClock};
 use crate::stats::{Counters, Stats};
 use buffer::BufferPool;
-use conn::{Conn, State};
+use conn::Conn;
+use transfer::Outbox;
 
 pub use conn::CloseReason;
 pub(crate) use conn::ConnRef;
@@ -171,46 +174,6 @@ impl Clock {
 
     fn until_tick(&self, tick: u64) -> Duration {
         (self.start + TICK * tick as u32).saturating_duration_since(Instant::now())
-    }
-}
-
-/// Where pushes, replies and responses go: the output side of every connection. Kept apart
-/// from the registry so that a push can walk the registry's keys while queueing.
-struct Outbox {
-    pool: BufferPool,
-    /// Connections with output queued this turn, flushed once each at the end of the turn.
-    dirty: Vec<usize>,
-    max_pending: usize,
-}
-
-impl Outbox {
-    /// Appends `bytes` to the output of connection `key`; `false` when that would pass the
-    /// pending-output cap (the caller closes it as a slow consumer).
-    fn queue(&mut self, key: usize, conn: &mut Conn, bytes: &[u8]) -> bool {
-        self.queue_with(key, conn, bytes.len(), |out| out.extend_from_slice(bytes))
-    }
-
-    /// Like `queue`, for output written in place by `write` in at most `len` bytes.
-    fn queue_with(
-        &mut self,
-        key: usize,
-        conn: &mut Conn,
-        len: usize,
-        write: impl FnOnce(&mut Vec<u8>),
-    ) -> bool {
-        if conn.pending() + len > self.max_pending {
-            return false;
-        }
-        write(conn.output(&mut self.pool));
-        self.mark_dirty(key, conn);
-        true
-    }
-
-    fn mark_dirty(&mut self, key: usize, conn: &mut Conn) {
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
-        }
     }
 }
 
@@ -422,366 +385,10 @@ impl Reactor {
         }
     }
 
-    /// Accepts every pending connection; returns whether it stopped for lack of descriptors
-    /// or memory (accepting is then paused).
-    fn accept(&mut self, side: Side) -> bool {
-        loop {
-            let Some(listener) = &self.listeners[side as usize] else {
-                return false;
-            };
-            match listener.accept() {
-                Ok((stream, addr)) => self.admit(side, stream, addr),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_transient_accept_error(&e) => debug!("accept: {e}"),
-                Err(e) => {
-                    // Out of descriptors or memory: the pending connections stay in the backlog;
-                    // retry after a pause rather than spin on an ever-readable listener.
-                    if self.accept_paused_until.is_none() {
-                        warn!("accept failed, pausing accepts: {e}");
-                    }
-                    self.accept_paused_until = Some(self.clock.tick + ACCEPT_PAUSE_TICKS);
-                    return true;
-                }
-            }
-        }
-    }
-
-    fn admit(&mut self, side: Side, mut stream: TcpStream, addr: SocketAddr) {
-        let (live, cap, state) = match side {
-            Side::Plex => (
-                self.gauges.clients,
-                self.limits.max_connection,
-                State::Unauthenticated {
-                    failures: 0,
-                    pending: false,
-                },
-            ),
-            Side::Http => (
-                self.gauges.http,
-                self.limits.max_http_connections,
-                State::Http {
-                    continue_sent: false,
-                },
-            ),
-        };
-        let live = live as usize;
-        if cap > 0 && live >= cap {
-            self.counters.rejected += 1;
-            debug!("{addr}: refused, {side:?} connection cap of {cap} reached");
-            return;
-        }
-        // Pushes are small and latency matters more than packet count.
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!("{addr}: set_nodelay: {e}");
-        }
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut stream, conn_token(key), Interest::READABLE)
-        {
-            error!("{addr}: cannot register connection: {e}");
-            return;
-        }
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let now = self.clock.tick32();
-        entry.insert(Conn::new(stream, state, generation, TimerId::NONE, now));
-        self.arm_timer(key);
-        match side {
-            Side::Plex => {
-                self.counters.accepted += 1;
-                self.gauges.clients += 1;
-            }
-            Side::Http => self.gauges.http += 1,
-        }
-        debug!("{addr}: accepted on {side:?} as #{key}");
-    }
-
-    /// Reads until the socket is drained (edge-triggered) or the budget is spent.
-    fn read(&mut self, key: usize) {
-        let Some(generation) = self.conns.get(key).map(|c| c.generation) else {
-            return;
-        };
-        let this = ConnRef {
-            key: key as u32,
-            generation,
-        };
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let mut budget = READ_BUDGET;
-        while self.is_live(this) {
-            let conn = &mut self.conns[key];
-            match conn.stream.read(&mut scratch) {
-                Ok(0) => {
-                    let reason = conn.closing.unwrap_or(CloseReason::PeerClosed);
-                    self.close(key, reason);
-                }
-                Ok(n) => {
-                    // A closing connection's input is discarded: it only waits for EOF.
-                    if conn.closing.is_none() {
-                        self.ingest(key, &scratch[..n]);
-                    }
-                    if n >= budget {
-                        self.unread.push(this);
-                        break;
-                    }
-                    budget -= n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("#{key}: read: {e}");
-                    self.close(key, CloseReason::IoError);
-                }
-            }
-        }
-        self.scratch = scratch;
-    }
-
-    /// Connections that had more to read when their budget ran out get another go.
-    fn resume_unread(&mut self) {
-        let unread = std::mem::take(&mut self.unread);
-        for r in &unread {
-            if self.is_live(*r) {
-                self.read(r.key as usize);
-            }
-        }
-    }
-
     fn is_live(&self, r: ConnRef) -> bool {
         self.conns
             .get(r.key as usize)
             .is_some_and(|c| c.generation == r.generation)
-    }
-
-    /// Processes newly read bytes after any partial frame or request the connection kept,
-    /// and keeps the new partial remainder.
-    fn ingest(&mut self, key: usize, bytes: &[u8]) {
-        let conn = &mut self.conns[key];
-        if conn.input.is_empty() {
-            // The common case: whole frames straight out of the shared buffer.
-            if let Some(used) = self.process(key, bytes)
-                && used < bytes.len()
-            {
-                let mut input = self.outbox.pool.take();
-                input.extend_from_slice(&bytes[used..]);
-                self.conns[key].input = input;
-            }
-        } else {
-            let mut input = std::mem::take(&mut conn.input);
-            input.extend_from_slice(bytes);
-            match self.process(key, &input) {
-                Some(used) if used < input.len() => {
-                    input.drain(..used);
-                    self.conns[key].input = input;
-                }
-                _ => self.outbox.pool.give(input),
-            }
-        }
-    }
-
-    /// Processes the complete frames or requests at the start of `bytes`; returns how many
-    /// bytes they took, or `None` if the connection was closed.
-    fn process(&mut self, key: usize, bytes: &[u8]) -> Option<usize> {
-        match self.conns[key].state {
-            State::Http { .. } => self.process_requests(key, bytes),
-            State::Webhook(_) => self.process_webhook(key, bytes),
-            _ => self.process_frames(key, bytes),
-        }
-    }
-
-    fn on_writable(&mut self, key: usize) {
-        match self.conns.get(key).map(|c| &c.state) {
-            Some(State::Webhook(_)) => self.webhook_writable(key),
-            Some(_) => self.flush(key),
-            None => {}
-        }
-    }
-
-    /// Writes a connection's pending output; registers for WRITABLE only if it would block.
-    fn flush(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        conn.dirty = false;
-        match conn.write_out(&mut self.outbox.pool) {
-            Ok(true) => {
-                if conn.write_interest {
-                    conn.write_interest = false;
-                    self.set_interest(key, Interest::READABLE);
-                }
-                let conn = &mut self.conns[key];
-                if let Some(reason) = conn.closing {
-                    // Our last byte is out: half-close, then wait for the peer's EOF.
-                    if conn.stream.shutdown(Shutdown::Write).is_err() {
-                        self.close(key, reason);
-                    }
-                }
-            }
-            Ok(false) => {
-                if !conn.write_interest {
-                    conn.write_interest = true;
-                    self.set_interest(key, Interest::READABLE | Interest::WRITABLE);
-                }
-            }
-            Err(e) => {
-                debug!("#{key}: write: {e}");
-                self.close(key, CloseReason::IoError);
-            }
-        }
-    }
-
-    fn set_interest(&mut self, key: usize, interest: Interest) {
-        let conn = &mut self.conns[key];
-        if let Err(e) = self
-            .poll
-            .registry()
-            .reregister(&mut conn.stream, conn_token(key), interest)
-        {
-            debug!("#{key}: reregister: {e}");
-            self.close(key, CloseReason::IoError);
-        }
-    }
-
-    fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.outbox.dirty);
-        for &key in &dirty {
-            // A key may have been closed, or closed and reused, since it was queued.
-            if self.conns.get(key).is_some_and(|c| c.dirty) {
-                self.flush(key);
-            }
-        }
-        dirty.clear();
-        self.outbox.dirty = dirty;
-    }
-
-    /// Closes a connection once its output is flushed (see `Conn::closing`).
-    fn close_after_flush(&mut self, key: usize, reason: CloseReason) {
-        let now = self.clock.tick32();
-        let conn = &mut self.conns[key];
-        if conn.closing.is_none() {
-            conn.closing = Some(reason);
-            // The linger timer counts from here.
-            conn.last_active = now;
-            self.outbox.mark_dirty(key, conn);
-            self.arm_timer(key);
-        }
-    }
-
-    /// The timeout that applies to a connection in its current state, counted from
-    /// `last_active`, and the reason it closes for when it expires.
-    fn timeout_of(&self, conn: &Conn) -> (u32, CloseReason) {
-        match (&conn.closing, &conn.state) {
-            (Some(reason), _) => (LINGER_TICKS, *reason),
-            (None, State::Unauthenticated { .. }) => {
-                (self.limits.auth_ticks, CloseReason::AuthTimeout)
-            }
-            (None, State::User { .. } | State::Inner) => {
-                (self.limits.heartbeat_ticks, CloseReason::HeartbeatTimeout)
-            }
-            (None, State::Http { .. }) => (self.limits.http_idle_ticks, CloseReason::IdleTimeout),
-            (None, State::Webhook(exchange)) => (
-                self.webhook_timeout_ticks(exchange),
-                CloseReason::IdleTimeout,
-            ),
-        }
-    }
-
-    /// Sets the connection's one timer for its current state. Needed only when the deadline
-    /// may move earlier (a state change); activity moves it later and is caught up lazily.
-    fn arm_timer(&mut self, key: usize) {
-        let conn = &self.conns[key];
-        let (ticks, _) = self.timeout_of(conn);
-        let due = deadline(conn.last_active, ticks);
-        let this = ConnRef {
-            key: key as u32,
-            generation: conn.generation,
-        };
-        let old = std::mem::replace(&mut self.conns[key].timer, TimerId::NONE);
-        if !old.is_none() {
-            self.wheel.cancel(old);
-        }
-        self.conns[key].timer = self.wheel.insert(due, this);
-    }
-
-    /// Closes a connection now: its timer, registry entry and buffers go with it, and the
-    /// offline hook fires if it was its uid's last connection.
-    pub(crate) fn close(&mut self, key: usize, reason: CloseReason) {
-        let Some(mut conn) = self.conns.try_remove(key) else {
-            return;
-        };
-        if !conn.timer.is_none() {
-            self.wheel.cancel(conn.timer);
-        }
-        if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
-            debug!("#{key}: deregister: {e}");
-        }
-        if !matches!(conn.state, State::Webhook(_)) {
-            self.counters.closed(reason);
-        }
-        let input = std::mem::take(&mut conn.input);
-        conn.release(&mut self.outbox.pool);
-        if matches!(
-            conn.state,
-            State::Unauthenticated { .. } | State::User { .. } | State::Inner
-        ) {
-            self.gauges.clients -= 1;
-        }
-        match conn.state {
-            State::Unauthenticated { .. } => debug!("#{key}: closed ({reason})"),
-            State::Webhook(exchange) => {
-                debug!("#{key}: auth service connection closed ({reason})");
-                self.webhook_closed(key, *exchange, &input, reason);
-            }
-            State::Http { .. } => {
-                self.gauges.http -= 1;
-                debug!("#{key}: HTTP connection closed ({reason})");
-            }
-            State::Inner => {
-                self.gauges.inner -= 1;
-                info!("#{key}: inner connection closed ({reason})");
-            }
-            State::User { uid } => {
-                self.gauges.users -= 1;
-                debug!("#{key}: uid {uid} closed ({reason})");
-                if self.registry.remove(&uid, key as u32)
-                    && let Some(hook) = &mut self.hooks.on_offline
-                {
-                    hook(&uid);
-                }
-            }
-        }
-        self.outbox.pool.give(input);
-    }
-
-    fn expire_timers(&mut self) {
-        let mut expired = std::mem::take(&mut self.expired);
-        self.wheel.advance(self.clock.tick, &mut expired);
-        for r in expired.drain(..) {
-            let key = r.key as usize;
-            let Some(conn) = self
-                .conns
-                .get_mut(key)
-                .filter(|c| c.generation == r.generation)
-            else {
-                continue;
-            };
-            conn.timer = TimerId::NONE;
-            let conn = &self.conns[key];
-            let (ticks, reason) = self.timeout_of(conn);
-            let due = deadline(conn.last_active, ticks);
-            if due > self.clock.tick {
-                // Activity since the timer was set: sleep again for the remainder.
-                self.conns[key].timer = self.wheel.insert(due, r);
-            } else if matches!(conn.state, State::Webhook(_)) && conn.closing.is_none() {
-                self.webhook_expired(key);
-            } else {
-                self.close(key, reason);
-            }
-        }
-        self.expired = expired;
     }
 
     fn run_commands(&mut self) {
@@ -909,19 +516,4 @@ impl Reactor {
             self.commands = None;
         }
     }
-}
-
-/// The tick at which a timeout of `ticks` counted from `from` expires; one tick of slack so
-/// that a timeout never fires early.
-fn deadline(from: u32, ticks: u32) -> u64 {
-    u64::from(from) + u64::from(ticks) + 1
-}
-
-/// Accept errors that concern one connection only; accepting goes on. Anything else (out of
-/// descriptors, out of memory) pauses accepting.
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-    )
 }

@@ -16,7 +16,8 @@ use mio::net::TcpStream;
 use serde::Deserialize;
 
 use super::conn::{CloseReason, Conn, ConnRef, State};
-use super::{Reactor, conn_token, deadline, secs_to_ticks};
+use super::lifecycle::deadline;
+use super::{Reactor, conn_token, secs_to_ticks};
 
 /// Largest response head and body accepted from the auth service.
 const MAX_RESPONSE: usize = 64 * 1024;
