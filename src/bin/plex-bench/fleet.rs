@@ -227,6 +227,8 @@ impl Fleet {
         expected: u64,
         mut driver: Option<&mut (dyn Driver + 'd)>,
     ) -> io::Result<()> {
+        // Allocated up front: growing it mid-run would stall the thread that reads.
+        self.tally.latencies_ns.reserve(expected as usize);
         let mut progress = ((0, 0), Instant::now());
         while self.tally.count < expected {
             let wake = match driver.as_deref_mut() {

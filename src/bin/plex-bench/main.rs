@@ -305,11 +305,16 @@ fn throughput(o: &Options) -> std::io::Result<()> {
         _ => "limit".to_owned(),
     };
     let pace = match o.rate {
-        Some(rate) => format!("at {rate} msgs/s"),
-        None => format!("flat out (window {})", o.window()),
+        Some(rate) => format!("at {rate} per second"),
+        None if o.command == Command::Limit => "flat out".to_owned(),
+        None => format!("flat out, at most {} deliveries in flight", o.window()),
+    };
+    let unit = match o.command {
+        Command::Broadcast => "broadcasts",
+        _ => "messages",
     };
     println!(
-        "{what}: {} users, {} messages with {}-byte bodies, {pace}",
+        "{what}: {} users, {} {unit} with {}-byte bodies, {pace}",
         o.conns, o.msgs, o.body_bytes
     );
     let mut runs = Vec::new();

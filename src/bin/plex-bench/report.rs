@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::proc::CpuUse;
+use crate::proc::{CpuUse, Share};
 
 /// Latency percentiles, in nanoseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -94,7 +94,13 @@ fn median_figures(runs: &[&Figures]) -> Figures {
     let m = |f: fn(&Figures) -> u64| median(runs.iter().map(|r| f(r))).unwrap_or(0);
     let latencies: Vec<Latency> = runs.iter().filter_map(|r| r.latency).collect();
     let lat = |f: fn(&Latency) -> u64| median(latencies.iter().map(f)).unwrap_or(0);
-    let cpu = |f: fn(&CpuUse) -> Option<f64>| median(runs.iter().filter_map(|r| f(&r.cpu)));
+    let share = |f: fn(&CpuUse) -> Option<Share>| {
+        let shares: Vec<Share> = runs.iter().filter_map(|r| f(&r.cpu)).collect();
+        Some(Share {
+            busy: median(shares.iter().map(|s| s.busy))?,
+            preempted: median(shares.iter().map(|s| s.preempted))?,
+        })
+    };
     Figures {
         expected: m(|f| f.expected),
         received: m(|f| f.received),
@@ -107,11 +113,11 @@ fn median_figures(runs: &[&Figures]) -> Figures {
         }),
         closed: m(|f| f.closed as u64) as usize,
         cpu: CpuUse {
-            tool: cpu(|c| Some(c.tool)).unwrap_or(0.0),
+            tool: share(|c| Some(c.tool)).unwrap_or_default(),
             other: runs[0]
                 .cpu
                 .other
-                .and_then(|(label, _)| Some((label, cpu(|c| c.other.map(|o| o.1))?))),
+                .and_then(|(label, _)| Some((label, share(|c| c.other.map(|o| o.1))?))),
         },
         note: None,
     }
@@ -133,14 +139,25 @@ impl fmt::Display for Figures {
                 ms(l.max)
             )?;
         }
-        write!(f, ", cpu tool {:.0}%", self.cpu.tool * 100.0)?;
+        write!(f, "; cpu tool {}", self.cpu.tool)?;
         if let Some((label, share)) = self.cpu.other {
-            write!(f, " {label} {:.0}%", share * 100.0)?;
+            write!(f, ", {label} {share}")?;
         }
         if let Some(note) = &self.note {
             write!(f, "; {note}")?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:.0}% (preempted {}x)",
+            self.busy * 100.0,
+            self.preempted
+        )
     }
 }
 
