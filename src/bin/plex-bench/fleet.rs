@@ -267,7 +267,14 @@ impl Fleet {
     fn on_user_event(&mut self, index: usize, event: &Event) -> io::Result<()> {
         let user = &mut self.users[index];
         if user.phase == Phase::Connecting {
-            if !(event.is_writable() || event.is_error()) || !is_connected(&user.stream)? {
+            let connected = is_connected(&user.stream).map_err(|e| {
+                let target = self.config.target;
+                io::Error::new(
+                    e.kind(),
+                    format!("connect {target}: {e} (is the server running?)"),
+                )
+            })?;
+            if !connected {
                 return Ok(());
             }
             if self.config.authenticate {

@@ -7,7 +7,7 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -40,14 +40,16 @@ pub fn measure(o: &Options) -> io::Result<Figures> {
     if o.order == plex::protocol::ByteOrder::Little {
         args.push("--little-endian".to_owned());
     }
-    let mut child = Command::new(exe)
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut stdin = child.stdin.take().expect("piped");
+    let mut writer = Writer(
+        Command::new(exe)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut stdin = writer.0.stdin.take().expect("piped");
     let mut port = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut port)?;
+    BufReader::new(writer.0.stdout.take().expect("piped")).read_line(&mut port)?;
     let port: u16 = port
         .trim()
         .parse()
@@ -55,7 +57,7 @@ pub fn measure(o: &Options) -> io::Result<Figures> {
 
     let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
     let (mut fleet, _) = Fleet::connect(o.fleet(target, false))?;
-    let cpu = CpuMeter::start(Some(("writer", child.id())))?;
+    let cpu = CpuMeter::start(Some(("writer", writer.0.id())))?;
     stdin.write_all(b"go\n")?;
     let expected = o.msgs * fanout(o);
     fleet.receive(expected, None)?;
@@ -63,8 +65,20 @@ pub fn measure(o: &Options) -> io::Result<Figures> {
     figures.cpu = cpu.stop()?;
     // Closing its stdin tells the writer to exit.
     drop(stdin);
-    child.wait()?;
+    writer.0.wait()?;
     Ok(figures)
+}
+
+/// The writer process; killed if the measurement fails half-way, so that it never outlives us.
+struct Writer(Child);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Deliveries per message: a broadcast reaches every user.

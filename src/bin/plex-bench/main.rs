@@ -320,12 +320,15 @@ fn throughput(o: &Options) -> std::io::Result<()> {
     let mut runs = Vec::new();
     for i in 1..=o.runs {
         let limit = limit::measure(o)?;
+        println!("run {i}:\n  limit:  {limit}");
         let target = match o.command {
             Command::Limit => None,
             _ => Some(through_server(o)?),
         };
         let run = Run { limit, target };
-        println!("run {i}: {run}");
+        if let (Some(target), Some(fraction)) = (&run.target, run.fraction()) {
+            println!("  server: {target}\n  server/limit: {fraction:.2}");
+        }
         runs.push(run);
     }
     if o.runs > 1 {

@@ -60,7 +60,7 @@ pub struct Run {
 
 impl Run {
     /// The server's rate as a fraction of the limit measured in the same run.
-    fn fraction(&self) -> Option<f64> {
+    pub fn fraction(&self) -> Option<f64> {
         self.target.as_ref().map(|t| t.rate / self.limit.rate)
     }
 
@@ -161,31 +161,16 @@ impl fmt::Display for Share {
     }
 }
 
-fn write_run(
-    f: &mut fmt::Formatter<'_>,
-    limit: &Figures,
-    target: Option<&Figures>,
-    fraction: Option<f64>,
-) -> fmt::Result {
-    write!(f, "\n  limit:  {limit}")?;
-    if let Some(target) = target {
-        write!(f, "\n  server: {target}")?;
-    }
-    if let Some(fraction) = fraction {
-        write!(f, "\n  server/limit: {fraction:.2}")?;
-    }
-    Ok(())
-}
-
-impl fmt::Display for Run {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_run(f, &self.limit, self.target.as_ref(), self.fraction())
-    }
-}
-
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_run(f, &self.limit, self.target.as_ref(), self.fraction)
+        write!(f, "\n  limit:  {}", self.limit)?;
+        if let Some(target) = &self.target {
+            write!(f, "\n  server: {target}")?;
+        }
+        if let Some(fraction) = self.fraction {
+            write!(f, "\n  server/limit: {fraction:.2}")?;
+        }
+        Ok(())
     }
 }
 
