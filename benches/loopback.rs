@@ -1,10 +1,15 @@
-//! End to end over loopback: a server reactor on its own thread in this process, real sockets.
-//! 1,000 users authenticate over TCP; pushes go in over an inner TCP connection and broadcasts
-//! through `Handle::broadcast`, both reported in deliveries per second. `plex-bench` measures
-//! the same at 10,000 users against a separate server process; this is the quick check for a
+//! End to end over loopback, in this process with real sockets: a server reactor on its own
+//! thread, 1,000 users authenticated over TCP, and beside it the limit that the server is
+//! measured against: a plain thread writing one push-sized frame to each of 1,000 loopback
+//! sockets. Each iteration delivers one frame to every user (so no user ever has two queued:
+//! one write per frame, as in `plex-bench limit`) and waits for all of them; every figure is
+//! in deliveries per second, counted by the same receiving code. `plex-bench` measures the
+//! same at 10,000 users against a separate server process; this is the quick check for a
 //! change to the hot path.
 
 use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,10 +26,11 @@ const USERS: usize = 1000;
 const BODY: &str = "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789";
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A server on its own thread, shut down on drop.
 struct Running {
     handle: Handle,
     thread: Option<JoinHandle<io::Result<()>>>,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
 }
 
 impl Running {
@@ -60,6 +66,58 @@ impl Drop for Running {
     }
 }
 
+/// The limit: a thread that, on each signal, writes one frame to each of its sockets.
+struct Writer {
+    go: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Accepts `USERS` connections on `listener` and starts the writing thread.
+    fn start(listener: TcpListener) -> Writer {
+        let mut frame = Vec::new();
+        encode_message(
+            &mut frame,
+            ByteOrder::Big,
+            1_764_000_000_000,
+            "/bench",
+            BODY,
+        );
+        let mut streams: Vec<std::net::TcpStream> = (0..USERS)
+            .map(|_| {
+                let (stream, _) = listener.accept().unwrap();
+                stream.set_nodelay(true).unwrap();
+                stream
+            })
+            .collect();
+        let (go, rounds) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            for () in rounds {
+                for stream in &mut streams {
+                    stream.write_all(&frame).unwrap();
+                }
+            }
+        });
+        Writer {
+            go: Some(go),
+            thread: Some(thread),
+        }
+    }
+
+    fn round(&self) {
+        self.go.as_ref().expect("running").send(()).unwrap();
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.go = None;
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("writer thread");
+        }
+    }
+}
+
 /// The users' sockets on one poll; counts the frames they receive.
 struct Users {
     poll: Poll,
@@ -72,13 +130,11 @@ struct Users {
 }
 
 impl Users {
-    fn connect(server: &Running) -> Users {
+    fn new(streams: impl Iterator<Item = std::net::TcpStream>) -> Users {
         let poll = Poll::new().unwrap();
-        let streams = (0..USERS)
-            .map(|i| {
-                let mut c = Connection::connect(server.addr, ByteOrder::Big).unwrap();
-                assert!(c.authenticate(&format!("u{i}"), WAIT).unwrap());
-                let std = c.stream().try_clone().unwrap();
+        let streams: Vec<TcpStream> = streams
+            .enumerate()
+            .map(|(i, std)| {
                 std.set_nonblocking(true).unwrap();
                 let mut stream = TcpStream::from_std(std);
                 poll.registry()
@@ -90,11 +146,21 @@ impl Users {
         Users {
             poll,
             events: Events::with_capacity(1024),
+            partial: vec![Vec::new(); streams.len()],
             streams,
-            partial: vec![Vec::new(); USERS],
             scratch: vec![0; 64 * 1024],
             decoder: Decoder::new(ByteOrder::Big, 1 << 20),
         }
+    }
+
+    /// Users `u0`, `u1`, ... authenticated on the server.
+    fn authenticated(server: &Running) -> Users {
+        Users::new((0..USERS).map(|i| {
+            let mut c = Connection::connect(server.addr, ByteOrder::Big).unwrap();
+            assert!(c.authenticate(&format!("u{i}"), WAIT).unwrap());
+            // The authenticated socket outlives the blocking client that set it up.
+            c.stream().try_clone().unwrap()
+        }))
     }
 
     /// Reads until `frames` frames have arrived in total.
@@ -113,7 +179,7 @@ impl Users {
                 let i = event.token().0;
                 loop {
                     match self.streams[i].read(&mut self.scratch) {
-                        Ok(0) => panic!("the server closed user {i}"),
+                        Ok(0) => panic!("user {i} was closed"),
                         Ok(n) => {
                             let partial = &mut self.partial[i];
                             partial.extend_from_slice(&self.scratch[..n]);
@@ -131,22 +197,34 @@ impl Users {
     }
 }
 
+/// Times `iters` rounds of `send` followed by receiving one frame per user.
+fn rounds(users: &mut Users, iters: u64, mut send: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        send();
+        users.receive(USERS as u64);
+    }
+    start.elapsed()
+}
+
 fn loopback(c: &mut Criterion) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connecting = std::thread::spawn(move || {
+        Users::new((0..USERS).map(|_| std::net::TcpStream::connect(addr).unwrap()))
+    });
+    let writer = Writer::start(listener);
+    let mut limit_users = connecting.join().unwrap();
+
     let server = Running::start();
-    let mut users = Users::connect(&server);
+    let mut users = Users::authenticated(&server);
     let mut inner = Connection::connect(server.addr, ByteOrder::Big).unwrap();
     assert!(
         inner
             .authenticate_inner(plex::config::DEFAULT_INNER_PASSWORD, WAIT)
             .unwrap()
     );
-
-    // Each iteration delivers one frame to every user and waits for all of them, so that no
-    // user ever has two frames queued: one write per frame, as in `plex-bench limit`.
-    let mut group = c.benchmark_group(format!("loopback, {USERS} users"));
-    group.throughput(Throughput::Elements(USERS as u64));
-
-    let mut round = Vec::new();
+    let mut pushes = Vec::new();
     for i in 0..USERS {
         let request = PushRequest {
             uid: format!("u{i}").into(),
@@ -154,32 +232,36 @@ fn loopback(c: &mut Criterion) {
             body: BODY.into(),
         };
         encode_message(
-            &mut round,
+            &mut pushes,
             ByteOrder::Big,
             0,
             uri::SEND_MSG,
             &request.to_json(),
         );
     }
-    group.bench_function("push to each user via inner tcp", |b| {
+
+    let mut group = c.benchmark_group(format!("loopback, {USERS} users"));
+    group.throughput(Throughput::Elements(USERS as u64));
+    group.bench_function("limit: a thread writing one frame to each socket", |b| {
         b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                inner.stream().write_all(&round).unwrap();
-                users.receive(USERS as u64);
-            }
-            start.elapsed()
+            rounds(&mut limit_users, iters, || {
+                writer.round();
+            })
         })
     });
 
+    group.bench_function("push to each user via inner tcp", |b| {
+        b.iter_custom(|iters| {
+            rounds(&mut users, iters, || {
+                inner.stream().write_all(&pushes).unwrap();
+            })
+        })
+    });
     group.bench_function("broadcast via Handle", |b| {
         b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
+            rounds(&mut users, iters, || {
                 server.handle.broadcast("/bench", BODY).unwrap();
-                users.receive(USERS as u64);
-            }
-            start.elapsed()
+            })
         })
     });
     group.finish();
