@@ -26,7 +26,8 @@ pub const DRIVER: Token = Token(0);
 const STALL: Duration = Duration::from_secs(10);
 /// Linux `EINPROGRESS`: a non-blocking connect under way.
 const EINPROGRESS: i32 = 115;
-/// The largest frame a user accepts: the server's default limit.
+/// The largest frame a user accepts: a push may be as large as the server's default limit on
+/// inner frames.
 const MAX_FRAME: u32 = 1 << 20;
 
 fn user_token(index: usize) -> Token {

@@ -45,3 +45,44 @@ pub fn parse_response(input: &[u8]) -> io::Result<Option<(Response<'_>, usize)>>
         .get(start..start + content_length)
         .map(|body| (Response { status, body }, start + content_length)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipelined_responses_come_out_one_by_one() {
+        let two = b"HTTP/1.1 200 OK\r\ncontent-length: 15\r\n\r\n{\"delivered\":1}\
+                    HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}";
+        let (first, used) = parse_response(two).unwrap().unwrap();
+        assert_eq!((first.status, first.body), (200, &b"{\"delivered\":1}"[..]));
+        let (second, rest) = parse_response(&two[used..]).unwrap().unwrap();
+        assert_eq!(
+            (second.status, second.body, used + rest),
+            (401, &b"{}"[..], two.len())
+        );
+    }
+
+    #[test]
+    fn a_partial_response_is_not_yet_a_response() {
+        let whole = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+        for cut in 0..whole.len() {
+            assert!(
+                parse_response(&whole[..cut]).unwrap().is_none(),
+                "cut at {cut}"
+            );
+        }
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn a_post_announces_its_body_length() {
+        let mut out = Vec::new();
+        let host = "127.0.0.1:9579".parse().unwrap();
+        encode_post(&mut out, host, "/plex/v1/push", "pw", "{}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("POST /plex/v1/push HTTP/1.1\r\nHost: 127.0.0.1:9579\r\n"));
+        assert!(text.contains("Authorization: Bearer pw\r\n"));
+        assert!(text.ends_with("Content-Length: 2\r\n\r\n{}"));
+    }
+}

@@ -15,11 +15,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use plex::protocol::SeqClock;
 use plex::protocol::message::encode_message;
 
+use crate::Options;
 use crate::fleet::Fleet;
 use crate::payload;
 use crate::proc::CpuMeter;
 use crate::report::Figures;
-use crate::{Command as Subcommand, Options};
 
 /// Listen backlog of the writer: as deep as the server's default, so connects never stall.
 const BACKLOG: i32 = 1024;
@@ -31,11 +31,11 @@ pub fn measure(o: &Options) -> io::Result<Figures> {
     let mut args = vec![
         "limit-writer".to_owned(),
         format!("--conns={}", o.conns),
-        format!("--msgs={}", o.msgs * fanout(o)),
+        format!("--msgs={}", o.msgs * o.fanout()),
         format!("--body-bytes={}", o.body_bytes),
     ];
     if let Some(rate) = o.rate {
-        args.push(format!("--rate={}", rate * fanout(o) as f64));
+        args.push(format!("--rate={}", rate * o.fanout() as f64));
     }
     if o.order == plex::protocol::ByteOrder::Little {
         args.push("--little-endian".to_owned());
@@ -59,7 +59,7 @@ pub fn measure(o: &Options) -> io::Result<Figures> {
     let (mut fleet, _) = Fleet::connect(o.fleet(target, false))?;
     let cpu = CpuMeter::start(Some(("writer", writer.0.id())))?;
     stdin.write_all(b"go\n")?;
-    let expected = o.msgs * fanout(o);
+    let expected = o.msgs * o.fanout();
     fleet.receive(expected, None)?;
     let mut figures = fleet.figures(expected);
     figures.cpu = cpu.stop()?;
@@ -78,14 +78,6 @@ impl Drop for Writer {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
-    }
-}
-
-/// Deliveries per message: a broadcast reaches every user.
-fn fanout(o: &Options) -> u64 {
-    match o.command {
-        Subcommand::Broadcast => o.conns as u64,
-        _ => 1,
     }
 }
 

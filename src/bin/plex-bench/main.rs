@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use plex::protocol::ByteOrder;
 
 use fleet::{Fleet, FleetConfig};
-use pusher::{Pace, Pusher, Route};
+use pusher::{Pace, Plan, Pusher, Route};
 use report::{Figures, Run};
 
 const USAGE: &str = "\
@@ -220,6 +220,14 @@ impl Options {
         }
     }
 
+    /// Deliveries per message: a broadcast reaches every user.
+    fn fanout(&self) -> u64 {
+        match self.command {
+            Command::Broadcast => self.conns as u64,
+            _ => 1,
+        }
+    }
+
     fn window(&self) -> u64 {
         self.window.unwrap_or(self.conns as u64)
     }
@@ -339,26 +347,28 @@ fn throughput(o: &Options) -> std::io::Result<()> {
 
 /// One run of `push` or `broadcast` through the server.
 fn through_server(o: &Options) -> std::io::Result<Figures> {
-    let (route, fanout) = match (o.command, o.via) {
-        (Command::Broadcast, _) => (Route::HttpBroadcast, o.conns as u64),
-        (_, Via::Tcp) => (Route::InnerTcp, 1),
-        (_, Via::Http) => (Route::HttpPush, 1),
+    let (route, address) = match (o.command, o.via) {
+        (Command::Broadcast, _) => (Route::HttpBroadcast, o.http()),
+        (_, Via::Tcp) => (Route::InnerTcp, o.server()),
+        (_, Via::Http) => (Route::HttpPush, o.http()),
+    };
+    let plan = Plan {
+        total: o.msgs,
+        users: o.conns,
+        fanout: o.fanout(),
+        body_bytes: o.body_bytes,
+        pace: match o.rate {
+            Some(rate) => Pace::Rate(rate),
+            None => Pace::Window(o.window()),
+        },
     };
     let (mut fleet, _) = Fleet::connect(o.fleet(o.server(), true))?;
-    let pace = match o.rate {
-        Some(rate) => Pace::Rate(rate),
-        None => Pace::Window(o.window()),
-    };
-    let address = if route == Route::InnerTcp {
-        o.server()
-    } else {
-        o.http()
-    };
-    let mut pusher = Pusher::connect(route, address, &o.inner_password, o.order, fleet.registry())?;
-    pusher.plan(o.msgs, o.conns, fanout, o.body_bytes, pace);
+    let registry = fleet.registry();
+    let mut pusher = Pusher::connect(route, address, &o.inner_password, o.order, plan, registry)?;
     let cpu = proc::CpuMeter::start(o.server_pid.map(|pid| ("server", pid)))?;
-    fleet.receive(o.msgs * fanout, Some(&mut pusher))?;
-    let mut figures = fleet.figures(o.msgs * fanout);
+    let expected = o.msgs * o.fanout();
+    fleet.receive(expected, Some(&mut pusher))?;
+    let mut figures = fleet.figures(expected);
     figures.cpu = cpu.stop()?;
     figures.note = pusher.note();
     Ok(figures)

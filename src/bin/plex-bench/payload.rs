@@ -44,3 +44,21 @@ pub fn sent_ns(body: &str) -> io::Result<u64> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_has_the_requested_size_and_carries_its_send_time() {
+        let before = now_ns();
+        let mut body = String::new();
+        stamp_body(&mut body, 100);
+        assert_eq!(body.len(), 100);
+        let sent = sent_ns(&body).unwrap();
+        assert!(sent >= before && sent <= now_ns());
+        stamp_body(&mut body, MIN_BODY_BYTES);
+        assert_eq!(body.len(), MIN_BODY_BYTES);
+        assert!(sent_ns("no time here").is_err());
+    }
+}

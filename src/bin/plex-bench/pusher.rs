@@ -42,6 +42,17 @@ pub enum Pace {
     Rate(f64),
 }
 
+/// What to send: `total` messages with `body_bytes`-byte bodies, round-robin over `users`
+/// uids, each delivered `fanout` times (1 for a push, every user for a broadcast), at `pace`.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub total: u64,
+    pub users: usize,
+    pub fanout: u64,
+    pub body_bytes: usize,
+    pub pace: Pace,
+}
+
 /// What the server answered to HTTP requests.
 #[derive(Default)]
 struct Answers {
@@ -57,12 +68,7 @@ pub struct Pusher {
     address: SocketAddr,
     password: String,
     order: ByteOrder,
-    /// Messages to send, users to spread them over, deliveries each, body size, pace.
-    total: u64,
-    users: usize,
-    fanout: u64,
-    body_bytes: usize,
-    pace: Pace,
+    plan: Plan,
     sent: u64,
     started: Option<Instant>,
     /// Encoded messages; `out[..written]` already went out.
@@ -80,6 +86,7 @@ impl Pusher {
         address: SocketAddr,
         password: &str,
         order: ByteOrder,
+        plan: Plan,
         registry: &Registry,
     ) -> io::Result<Pusher> {
         let stream = match route {
@@ -114,11 +121,7 @@ impl Pusher {
             address,
             password: password.to_owned(),
             order,
-            total: 0,
-            users: 1,
-            fanout: 1,
-            body_bytes: payload::MIN_BODY_BYTES,
-            pace: Pace::Window(1),
+            plan,
             sent: 0,
             started: None,
             out: Vec::with_capacity(2 * OUT_CAP),
@@ -127,16 +130,6 @@ impl Pusher {
             body: String::new(),
             answers: Answers::default(),
         })
-    }
-
-    /// What to send: `total` messages of `body_bytes` round-robin over `users` uids, each
-    /// delivered `fanout` times, at `pace`.
-    pub fn plan(&mut self, total: u64, users: usize, fanout: u64, body_bytes: usize, pace: Pace) {
-        self.total = total;
-        self.users = users.max(1);
-        self.fanout = fanout.max(1);
-        self.body_bytes = body_bytes;
-        self.pace = pace;
     }
 
     /// What the server said on the side (HTTP answers), for the report.
@@ -156,8 +149,8 @@ impl Pusher {
     }
 
     fn encode_next(&mut self) {
-        let uid = payload::uid((self.sent % self.users as u64) as usize);
-        payload::stamp_body(&mut self.body, self.body_bytes);
+        let uid = payload::uid((self.sent % self.plan.users as u64) as usize);
+        payload::stamp_body(&mut self.body, self.plan.body_bytes);
         let push = || {
             PushRequest {
                 uid: uid.as_str().into(),
@@ -267,14 +260,14 @@ impl Driver for Pusher {
 
     fn pump(&mut self, received: u64) -> io::Result<Option<Instant>> {
         let started = *self.started.get_or_insert_with(Instant::now);
-        let allowed = match self.pace {
+        let allowed = match self.plan.pace {
             // Always at least one message in flight, whatever the fanout.
             Pace::Window(window) => {
-                ((received + window) / self.fanout).max(received / self.fanout + 1)
+                ((received + window) / self.plan.fanout).max(received / self.plan.fanout + 1)
             }
             Pace::Rate(rate) => (started.elapsed().as_secs_f64() * rate) as u64 + 1,
         }
-        .min(self.total);
+        .min(self.plan.total);
         if self.written > 0 {
             self.out.drain(..self.written);
             self.written = 0;
@@ -284,8 +277,8 @@ impl Driver for Pusher {
             self.sent += 1;
         }
         self.flush()?;
-        Ok(match self.pace {
-            Pace::Rate(rate) if self.sent < self.total => {
+        Ok(match self.plan.pace {
+            Pace::Rate(rate) if self.sent < self.plan.total => {
                 Some(started + Duration::from_secs_f64(self.sent as f64 / rate))
             }
             _ => None,

@@ -191,3 +191,24 @@ fn thousands(x: f64) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_thousand_samples() {
+        let mut samples: Vec<u64> = (1..=1000).rev().collect();
+        let l = Latency::of(&mut samples).unwrap();
+        assert_eq!((l.p50, l.p99, l.p999, l.max), (501, 990, 999, 1000));
+        assert_eq!(Latency::of(&mut []), None);
+    }
+
+    #[test]
+    fn the_median_is_the_middle_value() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
+        assert_eq!(median(std::iter::empty::<u64>()), None);
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+    }
+}
