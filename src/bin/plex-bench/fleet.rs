@@ -1,0 +1,411 @@
+//! The user side of every benchmark: thousands of client sockets on one mio `Poll`, driven by
+//! one thread. The fleet opens its connections a bounded number at a time (so that the
+//! server's listen backlog never overflows into one-second SYN retransmits), each bound to one
+//! of several `127.0.0.x` source addresses so that ephemeral ports do not run out, then
+//! authenticates them, keeps them alive with heartbeats, and tallies the benchmark messages
+//! they receive. A driver (the pusher) may share the poll under its own token.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Registry, Token};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use plex::protocol::message::encode_message;
+use plex::protocol::{ByteOrder, Decoder, MessageRef, uri};
+
+use crate::payload;
+use crate::report::{Figures, Latency};
+
+/// The driver's socket; users are `Token(index + 1)`.
+pub const DRIVER: Token = Token(0);
+/// Setup or a run gives up after this long without progress.
+const STALL: Duration = Duration::from_secs(10);
+/// Linux `EINPROGRESS`: a non-blocking connect under way.
+const EINPROGRESS: i32 = 115;
+/// The largest frame a user accepts: a push may be as large as the server's default limit on
+/// inner frames.
+const MAX_FRAME: u32 = 1 << 20;
+
+fn user_token(index: usize) -> Token {
+    Token(index + 1)
+}
+
+/// Something that sends the benchmark's messages from the fleet's thread (see `Pusher`).
+pub trait Driver {
+    /// Readiness of the driver's own socket (registered as `DRIVER`).
+    fn on_event(&mut self, event: &Event) -> io::Result<()>;
+    /// Sends what its pace allows, now that `received` deliveries have arrived; returns when
+    /// it wants to be called again (`None`: when something happens).
+    fn pump(&mut self, received: u64) -> io::Result<Option<Instant>>;
+    /// Messages sent so far.
+    fn sent(&self) -> u64;
+}
+
+pub struct FleetConfig {
+    pub target: SocketAddr,
+    pub conns: usize,
+    /// Source addresses `127.0.0.1 ..= 127.0.0.<sources>`, used round-robin.
+    pub sources: u8,
+    /// Connections connecting or authenticating at once.
+    pub concurrency: usize,
+    /// Authenticate as uid `u<index>` (token = uid); `false` for the `limit` writer.
+    pub authenticate: bool,
+    pub heartbeat: Duration,
+    pub order: ByteOrder,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Authenticating,
+    Ready,
+    Closed,
+}
+
+struct User {
+    stream: TcpStream,
+    phase: Phase,
+    /// The start of a frame whose end has not arrived yet.
+    input: Vec<u8>,
+}
+
+/// What the users have received, shared by every phase.
+struct Tally {
+    decoder: Decoder,
+    ready: usize,
+    closed: usize,
+    /// Benchmark messages received.
+    count: u64,
+    /// Earliest send time seen in a body and latest receive time, in Unix nanoseconds.
+    first_sent_ns: u64,
+    last_received_ns: u64,
+    latencies_ns: Vec<u64>,
+}
+
+pub struct Fleet {
+    poll: Poll,
+    events: Events,
+    users: Vec<User>,
+    config: FleetConfig,
+    tally: Tally,
+    /// Shared read buffer: a user keeps only the bytes of a partial frame.
+    scratch: Vec<u8>,
+    /// An encoded `/heartbeat` frame, the same for every user.
+    heartbeat: Vec<u8>,
+    heartbeats_sent: u64,
+    started: Instant,
+}
+
+impl Fleet {
+    /// Opens and (if configured) authenticates every connection; returns the fleet and how
+    /// long that took.
+    pub fn connect(config: FleetConfig) -> io::Result<(Fleet, Duration)> {
+        let mut heartbeat = Vec::new();
+        encode_message(&mut heartbeat, config.order, 0, uri::HEARTBEAT, "");
+        let mut fleet = Fleet {
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            users: Vec::with_capacity(config.conns),
+            tally: Tally {
+                decoder: Decoder::new(config.order, MAX_FRAME),
+                ready: 0,
+                closed: 0,
+                count: 0,
+                first_sent_ns: u64::MAX,
+                last_received_ns: 0,
+                latencies_ns: Vec::new(),
+            },
+            config,
+            scratch: vec![0; 64 * 1024],
+            heartbeat,
+            heartbeats_sent: 0,
+            started: Instant::now(),
+        };
+        let mut progress = (0, Instant::now());
+        while fleet.tally.ready < fleet.config.conns {
+            while fleet.users.len() < fleet.config.conns
+                && fleet.users.len() - fleet.tally.ready < fleet.config.concurrency
+            {
+                fleet.open_next()?;
+            }
+            fleet.turn(Some(Duration::from_millis(100)), None)?;
+            fleet.check_all_alive()?;
+            if fleet.tally.ready != progress.0 {
+                progress = (fleet.tally.ready, Instant::now());
+            } else if progress.1.elapsed() > STALL {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "setup stalled: {} of {} connections ready",
+                        fleet.tally.ready, fleet.config.conns
+                    ),
+                ));
+            }
+        }
+        let took = fleet.started.elapsed();
+        Ok((fleet, took))
+    }
+
+    /// The poll's registry, for a driver to register its socket as `DRIVER`.
+    pub fn registry(&self) -> &Registry {
+        self.poll.registry()
+    }
+
+    /// An error if the server closed any user connection.
+    pub fn check_all_alive(&self) -> io::Result<()> {
+        match self.tally.closed {
+            0 => Ok(()),
+            n => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("the server closed {n} user connections"),
+            )),
+        }
+    }
+
+    fn open_next(&mut self) -> io::Result<()> {
+        let index = self.users.len();
+        let source = Ipv4Addr::new(127, 0, 0, 1 + (index % self.config.sources as usize) as u8);
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        // Binding first picks the source address; each one has its own ephemeral ports.
+        socket
+            .bind(&SocketAddr::new(source.into(), 0).into())
+            .map_err(|e| io::Error::new(e.kind(), format!("bind {source}: {e}")))?;
+        match socket.connect(&self.config.target.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(EINPROGRESS) => {}
+            Err(e) => {
+                let target = self.config.target;
+                return Err(io::Error::new(e.kind(), format!("connect {target}: {e}")));
+            }
+        }
+        let mut stream = TcpStream::from_std(socket.into());
+        self.poll.registry().register(
+            &mut stream,
+            user_token(index),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.users.push(User {
+            stream,
+            phase: Phase::Connecting,
+            input: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Polls once (at most `timeout`), handles every event, and sends the heartbeats due.
+    pub fn turn<'d>(
+        &mut self,
+        timeout: Option<Duration>,
+        mut driver: Option<&mut (dyn Driver + 'd)>,
+    ) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => return Err(e),
+            _ => {}
+        }
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            if event.token() == DRIVER {
+                if let Some(driver) = driver.as_deref_mut() {
+                    driver.on_event(event)?;
+                }
+            } else {
+                self.on_user_event(event.token().0 - 1, event)?;
+            }
+        }
+        self.events = events;
+        self.send_heartbeats()
+    }
+
+    /// Runs `driver` (or just listens, when the other end sends by itself) until `expected`
+    /// benchmark messages have arrived or nothing has happened for a while.
+    pub fn receive<'d>(
+        &mut self,
+        expected: u64,
+        mut driver: Option<&mut (dyn Driver + 'd)>,
+    ) -> io::Result<()> {
+        // Allocated up front: growing it mid-run would stall the thread that reads.
+        self.tally.latencies_ns.reserve(expected as usize);
+        let mut progress = ((0, 0), Instant::now());
+        while self.tally.count < expected {
+            let wake = match driver.as_deref_mut() {
+                Some(driver) => driver.pump(self.tally.count)?,
+                None => None,
+            };
+            let poll_cap = Duration::from_millis(100);
+            let timeout = wake.map_or(poll_cap, |t| {
+                t.saturating_duration_since(Instant::now()).min(poll_cap)
+            });
+            self.turn(Some(timeout), driver.as_deref_mut())?;
+            let now = (self.tally.count, driver.as_deref().map_or(0, |d| d.sent()));
+            if now != progress.0 {
+                progress = (now, Instant::now());
+            } else if progress.1.elapsed() > STALL {
+                break; // whatever is missing is lost
+            }
+        }
+        Ok(())
+    }
+
+    /// The figures of what was received, expecting `expected` messages.
+    pub fn figures(&mut self, expected: u64) -> Figures {
+        let t = &mut self.tally;
+        let span_ns = t.last_received_ns.saturating_sub(t.first_sent_ns).max(1);
+        Figures {
+            expected,
+            received: t.count,
+            rate: t.count as f64 * 1e9 / span_ns as f64,
+            latency: Latency::of(&mut t.latencies_ns),
+            closed: t.closed,
+            ..Figures::default()
+        }
+    }
+
+    fn on_user_event(&mut self, index: usize, event: &Event) -> io::Result<()> {
+        let user = &mut self.users[index];
+        if user.phase == Phase::Connecting {
+            let connected = is_connected(&user.stream).map_err(|e| {
+                let target = self.config.target;
+                io::Error::new(
+                    e.kind(),
+                    format!("connect {target}: {e} (is the server running?)"),
+                )
+            })?;
+            if !connected {
+                return Ok(());
+            }
+            if self.config.authenticate {
+                let mut frame = Vec::new();
+                encode_message(
+                    &mut frame,
+                    self.config.order,
+                    0,
+                    uri::AUTH,
+                    &payload::uid(index),
+                );
+                // A fresh socket's buffer takes a small frame whole.
+                user.stream.write_all(&frame)?;
+                user.phase = Phase::Authenticating;
+            } else {
+                user.phase = Phase::Ready;
+                self.tally.ready += 1;
+            }
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read(index)?;
+        }
+        Ok(())
+    }
+
+    /// Reads until the socket is drained (the poll is edge-triggered).
+    fn read(&mut self, index: usize) -> io::Result<()> {
+        let user = &mut self.users[index];
+        loop {
+            match user.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    user.phase = Phase::Closed;
+                    self.tally.closed += 1;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    let received_ns = payload::now_ns();
+                    if user.input.is_empty() {
+                        let used =
+                            self.tally
+                                .frames(&mut user.phase, &self.scratch[..n], received_ns)?;
+                        user.input.extend_from_slice(&self.scratch[used..n]);
+                    } else {
+                        user.input.extend_from_slice(&self.scratch[..n]);
+                        let used = self
+                            .tally
+                            .frames(&mut user.phase, &user.input, received_ns)?;
+                        user.input.drain(..used);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    user.phase = Phase::Closed;
+                    self.tally.closed += 1;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Spreads heartbeats evenly: `conns` of them per heartbeat interval, round-robin.
+    fn send_heartbeats(&mut self) -> io::Result<()> {
+        let n = self.users.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let due = (self.started.elapsed().as_secs_f64() / self.config.heartbeat.as_secs_f64()
+            * self.config.conns as f64) as u64;
+        while self.heartbeats_sent < due {
+            let user = &mut self.users[(self.heartbeats_sent % n) as usize];
+            self.heartbeats_sent += 1;
+            if user.phase == Phase::Ready {
+                match user.stream.write(&self.heartbeat) {
+                    Ok(_) => {}
+                    // A user too far behind to take 20 bytes: the next round will do.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Tally {
+    /// Handles the complete frames at the start of `bytes`; returns how many bytes they took.
+    fn frames(&mut self, phase: &mut Phase, bytes: &[u8], received_ns: u64) -> io::Result<usize> {
+        let mut frames = self.decoder.frames(bytes);
+        for payload in frames.by_ref() {
+            let payload = payload.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if payload.is_empty() {
+                continue; // keep-alive
+            }
+            let message = MessageRef::decode(payload)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            match &*message.uri {
+                payload::BENCH_URI => {
+                    let sent_ns = payload::sent_ns(&message.body)?;
+                    self.count += 1;
+                    self.first_sent_ns = self.first_sent_ns.min(sent_ns);
+                    self.last_received_ns = self.last_received_ns.max(received_ns);
+                    self.latencies_ns.push(received_ns.saturating_sub(sent_ns));
+                }
+                uri::AUTH_SUCCESS if *phase == Phase::Authenticating => {
+                    *phase = Phase::Ready;
+                    self.ready += 1;
+                }
+                uri::AUTH_FAILED => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "the server refused a user's token (is its auth mode `uid`?)",
+                    ));
+                }
+                _ => {} // heartbeat answers
+            }
+        }
+        Ok(frames.consumed())
+    }
+}
+
+/// Whether a non-blocking connect has completed; an error if it failed.
+fn is_connected(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,375 @@
+//! `plex-bench`: drives a running `plex-server` over loopback and turns our performance claims
+//! into numbers: connection density, connect+auth rate, push and broadcast throughput with
+//! latency, each throughput set against the physical limit of this machine measured in the
+//! same run (see BENCHMARKS.md). One thread drives every client socket through one mio `Poll`.
+
+mod fleet;
+mod http;
+mod limit;
+mod payload;
+mod proc;
+mod pusher;
+mod report;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use plex::protocol::ByteOrder;
+
+use fleet::{Fleet, FleetConfig};
+use pusher::{Pace, Plan, Pusher, Route};
+use report::{Figures, Run};
+
+const USAGE: &str = "\
+Usage: plex-bench COMMAND [OPTIONS]
+
+Drives a running plex-server over loopback (start it with `cargo build --release` and
+`target/release/plex-server`). Users authenticate with token = uid (the server's demo auth).
+
+Commands:
+  density --conns N --server-pid P   connect and authenticate N users, keep them alive, report
+                                     connects+auths/s and the server's RSS per connection
+  push --conns N --msgs M            push M messages round-robin over N users; report msgs/s,
+                                     lost messages and latency, against `limit`
+  broadcast --conns N --msgs M       M broadcasts to N users (HTTP API); deliveries/s vs `limit`
+  limit --conns N --msgs M           the physical limit: one thread writing M frames of the push
+                                     size round-robin to N loopback sockets, nothing in between
+  limit-writer                       (internal) the writing end of `limit`, started by the tool
+
+Options:
+  --conns N                 user connections
+  --msgs M                  messages to push (broadcasts for `broadcast`)
+  --via tcp|http            push over an inner TCP connection or the HTTP API [tcp]
+  --rate R                  send R msgs/s instead of flat out, for the latency at a fixed
+                            load; the limit's writer then writes at the same rate
+  --window W                flat out: at most W deliveries in flight [--conns, so that no
+                            user has two messages in flight: one write per frame, as in
+                            `limit`]
+  --body-bytes B            bytes of each message body, >= 20 [100]
+  --runs K                  repeat K times and report each run and the median [1]
+  --server-pid P            the server's pid: RSS (density) and CPU use (push, broadcast)
+  --hold SECS               density: keep the users alive this long before measuring [10]
+  --heartbeat SECS          each user sends /heartbeat this often [30]
+  --concurrency C           connections connecting or authenticating at once [512]
+  --sources K               spread client sockets over source addresses 127.0.0.1..K [8]
+  --host ADDR               the server's address [127.0.0.1]
+  --port PORT               the server's TCP port [9578]
+  --http-port PORT          the server's HTTP API port [9579]
+  --inner-password SECRET   inner connection and HTTP API password [plex-inner]
+  --little-endian           little-endian frame headers (as the server's --little-endian)
+  -h, --help                print this help
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    Density,
+    Push,
+    Broadcast,
+    Limit,
+    LimitWriter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Tcp,
+    Http,
+}
+
+/// Every option of every command, with its default.
+#[derive(Clone, Debug)]
+pub struct Options {
+    command: Command,
+    conns: usize,
+    msgs: u64,
+    via: Via,
+    rate: Option<f64>,
+    /// `None`: as many as there are users.
+    window: Option<u64>,
+    body_bytes: usize,
+    runs: usize,
+    server_pid: Option<u32>,
+    hold: Duration,
+    heartbeat: Duration,
+    concurrency: usize,
+    sources: u8,
+    host: IpAddr,
+    port: u16,
+    http_port: u16,
+    inner_password: String,
+    order: ByteOrder,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
+    let command = match args.next().as_deref() {
+        None | Some("-h" | "--help") => {
+            print!("{USAGE}");
+            return Ok(None);
+        }
+        Some("density") => Command::Density,
+        Some("push") => Command::Push,
+        Some("broadcast") => Command::Broadcast,
+        Some("limit") => Command::Limit,
+        Some("limit-writer") => Command::LimitWriter,
+        Some(other) => return Err(format!("unknown command {other:?} (see --help)")),
+    };
+    let mut o = Options {
+        command,
+        conns: 0,
+        msgs: 0,
+        via: Via::Tcp,
+        rate: None,
+        window: None,
+        body_bytes: 100,
+        runs: 1,
+        server_pid: None,
+        hold: Duration::from_secs(10),
+        heartbeat: Duration::from_secs(30),
+        concurrency: 512,
+        sources: 8,
+        host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: 9578,
+        http_port: 9579,
+        inner_password: plex::config::DEFAULT_INNER_PASSWORD.to_owned(),
+        order: ByteOrder::Big,
+    };
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        match name.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "--little-endian" => {
+                o.order = ByteOrder::Little;
+                continue;
+            }
+            _ => {}
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => args
+                .next()
+                .ok_or_else(|| format!("{name} needs a value (see --help)"))?,
+        };
+        let bad = || format!("{name}: {value:?} is not valid");
+        let number = |v: &str| v.parse::<u64>().map_err(|_| bad());
+        match name.as_str() {
+            "--conns" => o.conns = number(&value)? as usize,
+            "--msgs" => o.msgs = number(&value)?,
+            "--via" => {
+                o.via = match value.as_str() {
+                    "tcp" => Via::Tcp,
+                    "http" => Via::Http,
+                    _ => return Err(bad()),
+                }
+            }
+            "--rate" => {
+                let rate: f64 = value.parse().map_err(|_| bad())?;
+                o.rate = Some(rate).filter(|r| r.is_finite() && *r > 0.0);
+                if o.rate.is_none() {
+                    return Err(bad());
+                }
+            }
+            "--window" => o.window = Some(number(&value)?.max(1)),
+            "--body-bytes" => o.body_bytes = number(&value)? as usize,
+            "--runs" => o.runs = number(&value)?.max(1) as usize,
+            "--server-pid" => o.server_pid = Some(value.parse().map_err(|_| bad())?),
+            "--hold" => o.hold = Duration::from_secs(number(&value)?),
+            "--heartbeat" => o.heartbeat = Duration::from_secs(number(&value)?.max(1)),
+            "--concurrency" => o.concurrency = number(&value)?.max(1) as usize,
+            "--sources" => o.sources = value.parse().ok().filter(|&k| k > 0).ok_or_else(bad)?,
+            "--host" => o.host = value.parse().map_err(|_| bad())?,
+            "--port" => o.port = value.parse().map_err(|_| bad())?,
+            "--http-port" => o.http_port = value.parse().map_err(|_| bad())?,
+            "--inner-password" => o.inner_password = value,
+            _ => return Err(format!("unknown option {arg:?} (see --help)")),
+        }
+    }
+    if o.conns == 0 {
+        return Err("--conns is required".into());
+    }
+    if o.msgs == 0 && o.command != Command::Density {
+        return Err("--msgs is required".into());
+    }
+    if o.command == Command::Density && o.server_pid.is_none() {
+        return Err("density needs --server-pid".into());
+    }
+    if o.body_bytes < payload::MIN_BODY_BYTES {
+        return Err(format!(
+            "--body-bytes must be at least {}",
+            payload::MIN_BODY_BYTES
+        ));
+    }
+    Ok(Some(o))
+}
+
+impl Options {
+    fn fleet(&self, target: SocketAddr, authenticate: bool) -> FleetConfig {
+        FleetConfig {
+            target,
+            conns: self.conns,
+            sources: self.sources,
+            concurrency: self.concurrency,
+            authenticate,
+            heartbeat: self.heartbeat,
+            order: self.order,
+        }
+    }
+
+    /// Deliveries per message: a broadcast reaches every user.
+    fn fanout(&self) -> u64 {
+        match self.command {
+            Command::Broadcast => self.conns as u64,
+            _ => 1,
+        }
+    }
+
+    fn window(&self) -> u64 {
+        self.window.unwrap_or(self.conns as u64)
+    }
+
+    fn server(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    fn http(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.http_port)
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(options)) => options,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plex-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match options.command {
+        Command::Density => density(&options),
+        Command::Push | Command::Broadcast | Command::Limit => throughput(&options),
+        Command::LimitWriter => limit::writer_main(&options),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plex-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `density`: connect and authenticate every user, keep them alive, read the server's RSS.
+fn density(o: &Options) -> std::io::Result<()> {
+    let pid = o.server_pid.expect("checked when parsing");
+    let before = proc::vm_rss_bytes(pid)?;
+    let (mut fleet, took) = Fleet::connect(o.fleet(o.server(), true))?;
+    let after_auth = proc::vm_rss_bytes(pid)?;
+    let hold_until = Instant::now() + o.hold;
+    while Instant::now() < hold_until {
+        fleet.turn(Some(Duration::from_millis(100)), None)?;
+    }
+    fleet.check_all_alive()?;
+    let after_hold = proc::vm_rss_bytes(pid)?;
+    let n = o.conns as f64;
+    let per_conn = |rss: u64| (rss as f64 - before as f64) / n;
+    println!(
+        "density: {} users connected and authenticated in {:.3} s: {:.0} connects+auths/s",
+        o.conns,
+        took.as_secs_f64(),
+        n / took.as_secs_f64()
+    );
+    println!(
+        "server VmRSS: before {} KiB, after auth {} KiB, after {} s alive {} KiB",
+        before / 1024,
+        after_auth / 1024,
+        o.hold.as_secs(),
+        after_hold / 1024
+    );
+    println!(
+        "server RSS per connection: {:.0} bytes after auth, {:.0} bytes after {} s alive",
+        per_conn(after_auth),
+        per_conn(after_hold),
+        o.hold.as_secs()
+    );
+    Ok(())
+}
+
+/// `push`, `broadcast` and `limit`: each run measures the limit, then (except for `limit`
+/// itself) the same traffic through the server.
+fn throughput(o: &Options) -> std::io::Result<()> {
+    let what = match o.command {
+        Command::Push => format!(
+            "push via {}",
+            if o.via == Via::Tcp { "tcp" } else { "http" }
+        ),
+        Command::Broadcast => "broadcast via http".to_owned(),
+        _ => "limit".to_owned(),
+    };
+    let pace = match o.rate {
+        Some(rate) => format!("at {rate} per second"),
+        None if o.command == Command::Limit => "flat out".to_owned(),
+        None => format!("flat out, at most {} deliveries in flight", o.window()),
+    };
+    let unit = match o.command {
+        Command::Broadcast => "broadcasts",
+        _ => "messages",
+    };
+    println!(
+        "{what}: {} users, {} {unit} with {}-byte bodies, {pace}",
+        o.conns, o.msgs, o.body_bytes
+    );
+    let mut runs = Vec::new();
+    for i in 1..=o.runs {
+        let limit = limit::measure(o)?;
+        println!("run {i}:\n  limit:  {limit}");
+        let target = match o.command {
+            Command::Limit => None,
+            _ => Some(through_server(o)?),
+        };
+        let run = Run { limit, target };
+        if let (Some(target), Some(fraction)) = (&run.target, run.fraction()) {
+            println!("  server: {target}\n  server/limit: {fraction:.2}");
+        }
+        runs.push(run);
+    }
+    if o.runs > 1 {
+        println!("median of {}: {}", o.runs, Run::median(&runs));
+    }
+    Ok(())
+}
+
+/// One run of `push` or `broadcast` through the server.
+fn through_server(o: &Options) -> std::io::Result<Figures> {
+    let (route, address) = match (o.command, o.via) {
+        (Command::Broadcast, _) => (Route::HttpBroadcast, o.http()),
+        (_, Via::Tcp) => (Route::InnerTcp, o.server()),
+        (_, Via::Http) => (Route::HttpPush, o.http()),
+    };
+    let plan = Plan {
+        total: o.msgs,
+        users: o.conns,
+        fanout: o.fanout(),
+        body_bytes: o.body_bytes,
+        pace: match o.rate {
+            Some(rate) => Pace::Rate(rate),
+            None => Pace::Window(o.window()),
+        },
+    };
+    let (mut fleet, _) = Fleet::connect(o.fleet(o.server(), true))?;
+    let registry = fleet.registry();
+    let mut pusher = Pusher::connect(route, address, &o.inner_password, o.order, plan, registry)?;
+    let cpu = proc::CpuMeter::start(o.server_pid.map(|pid| ("server", pid)))?;
+    let expected = o.msgs * o.fanout();
+    fleet.receive(expected, Some(&mut pusher))?;
+    let mut figures = fleet.figures(expected);
+    figures.cpu = cpu.stop()?;
+    figures.note = pusher.note();
+    Ok(figures)
+}

@@ -1,0 +1,64 @@
+//! What the benchmark sends: messages with uri `/bench` whose body starts with the send time,
+//! so that the receiving user can tell the latency, padded to the requested size; and the uid
+//! of each simulated user.
+
+use std::io;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The uri of every benchmark message.
+pub const BENCH_URI: &str = "/bench";
+/// Digits of the send time at the start of a body (Unix nanoseconds, zero-padded).
+const STAMP_DIGITS: usize = 20;
+/// The smallest body that holds the send time.
+pub const MIN_BODY_BYTES: usize = STAMP_DIGITS;
+
+/// The uid (and token: the server's demo auth takes the token as the uid) of user `index`.
+pub fn uid(index: usize) -> String {
+    format!("u{index}")
+}
+
+/// The wall clock in Unix nanoseconds: comparable across processes (the `limit` writer is
+/// another process), unlike `Instant`.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Writes a body of exactly `bytes` bytes carrying the current time into `out`.
+pub fn stamp_body(out: &mut String, bytes: usize) {
+    use std::fmt::Write;
+    out.clear();
+    write!(out, "{:0width$}", now_ns(), width = STAMP_DIGITS).expect("writing to a String");
+    out.extend(std::iter::repeat_n('x', bytes.saturating_sub(STAMP_DIGITS)));
+}
+
+/// The send time carried by a benchmark body.
+pub fn sent_ns(body: &str) -> io::Result<u64> {
+    body.get(..STAMP_DIGITS)
+        .and_then(|digits| digits.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{BENCH_URI} body without a send time: {body:.40?}"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_has_the_requested_size_and_carries_its_send_time() {
+        let before = now_ns();
+        let mut body = String::new();
+        stamp_body(&mut body, 100);
+        assert_eq!(body.len(), 100);
+        let sent = sent_ns(&body).unwrap();
+        assert!(sent >= before && sent <= now_ns());
+        stamp_body(&mut body, MIN_BODY_BYTES);
+        assert_eq!(body.len(), MIN_BODY_BYTES);
+        assert!(sent_ns("no time here").is_err());
+    }
+}
