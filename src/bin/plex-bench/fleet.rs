@@ -43,6 +43,8 @@ pub trait Driver {
     fn pump(&mut self, received: u64) -> io::Result<Option<Instant>>;
     /// Messages sent so far.
     fn sent(&self) -> u64;
+    /// Every answer the server owes the driver has arrived (HTTP responses).
+    fn settled(&self) -> bool;
 }
 
 pub struct FleetConfig {
@@ -247,6 +249,16 @@ impl Fleet {
             } else if progress.1.elapsed() > STALL {
                 break; // whatever is missing is lost
             }
+        }
+        Ok(())
+    }
+
+    /// Keeps turning until the driver has every answer it is owed, or `STALL` passes without
+    /// one: the last deliveries can arrive before the last HTTP responses.
+    pub fn settle<'d>(&mut self, driver: &mut (dyn Driver + 'd)) -> io::Result<()> {
+        let deadline = Instant::now() + STALL;
+        while !driver.settled() && Instant::now() < deadline {
+            self.turn(Some(Duration::from_millis(100)), Some(&mut *driver))?;
         }
         Ok(())
     }

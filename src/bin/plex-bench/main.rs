@@ -369,6 +369,7 @@ fn through_server(o: &Options) -> std::io::Result<Figures> {
     let expected = o.msgs * o.fanout();
     fleet.receive(expected, Some(&mut pusher))?;
     let mut figures = fleet.figures(expected);
+    fleet.settle(&mut pusher)?;
     figures.cpu = cpu.stop()?;
     figures.note = pusher.note();
     Ok(figures)

@@ -288,4 +288,8 @@ impl Driver for Pusher {
     fn sent(&self) -> u64 {
         self.sent
     }
+
+    fn settled(&self) -> bool {
+        self.route == Route::InnerTcp || self.answers.ok + self.answers.errors >= self.sent
+    }
 }
