@@ -410,6 +410,29 @@ proptest! {
     #![proptest_config(config(512))]
 
     #[test]
+    fn frames_are_written_byte_for_byte_as_serde_json_writes_them(
+        seq in seq(),
+        uri in text(),
+        body in text(),
+    ) {
+        #[derive(serde::Serialize)]
+        struct Wire<'b> {
+            #[serde(skip_serializing_if = "is_zero")]
+            seq: i64,
+            uri: &'b str,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            body: &'b str,
+        }
+        fn is_zero(n: &i64) -> bool {
+            *n == 0
+        }
+        let mut ours = Vec::new();
+        encode_message(&mut ours, ByteOrder::Big, seq, &uri, &body);
+        let theirs = serde_json::to_vec(&Wire { seq, uri: &uri, body: &body }).unwrap();
+        prop_assert_eq!(&ours[HEADER_LEN..], &theirs[..]);
+    }
+
+    #[test]
     fn message_encode_then_decode_is_the_identity(
         order in order(),
         seq in seq(),

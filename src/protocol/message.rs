@@ -56,13 +56,12 @@ impl<'a> MessageRef<'a> {
     /// Anything else (not UTF-8, not JSON, not an object, a field of the wrong type) is an
     /// error: a bad frame.
     pub fn decode(payload: &'a [u8]) -> Result<Self, DecodeError> {
-        // The whole payload must be UTF-8, ignored values included: `from_slice` would skip
-        // over invalid bytes inside a value nobody reads.
-        let text = std::str::from_utf8(payload).map_err(DecodeError::NotUtf8)?;
-        let mut de = serde_json::Deserializer::from_str(text);
-        let message = de.deserialize_map(GoVisitor::<MessageRef>(PhantomData))?;
-        de.end()?;
-        Ok(message)
+        let raw = RawMessage::decode(payload)?;
+        Ok(MessageRef {
+            seq: raw.seq,
+            uri: raw.uri,
+            body: raw.body.to_cow(),
+        })
     }
 
     pub fn into_owned(self) -> Message {
@@ -71,6 +70,128 @@ impl<'a> MessageRef<'a> {
             uri: self.uri.into_owned(),
             body: self.body.into_owned(),
         }
+    }
+}
+
+/// A message as the server reads it: like [`MessageRef`], but the body is left as it stands in
+/// the frame, escapes and all, until someone needs it, so that a push body (JSON inside a JSON
+/// string, escaped throughout) can be unescaped into a buffer the reader reuses instead of a
+/// new allocation per frame.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawMessage<'a> {
+    pub seq: i64,
+    pub uri: Cow<'a, str>,
+    pub body: RawStr<'a>,
+}
+
+impl<'a> RawMessage<'a> {
+    pub fn into_owned(self) -> Message {
+        Message {
+            seq: self.seq,
+            uri: self.uri.into_owned(),
+            body: self.body.to_cow().into_owned(),
+        }
+    }
+
+    /// Reads a frame payload with the rules of [`MessageRef::decode`].
+    pub fn decode(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        // The whole payload must be UTF-8, ignored values included: `from_slice` would skip
+        // over invalid bytes inside a value nobody reads.
+        let text = std::str::from_utf8(payload).map_err(DecodeError::NotUtf8)?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let message = de.deserialize_map(GoVisitor::<RawMessage>(PhantomData))?;
+        de.end()?;
+        Ok(message)
+    }
+}
+
+/// The content of a JSON string as it stands in the input, between its quotes and still
+/// escaped. Only well-formed strings are made into one (escapes checked, surrogates paired),
+/// so unescaping it cannot fail.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawStr<'a>(&'a str);
+
+impl<'a> RawStr<'a> {
+    /// The value, borrowed when there is nothing to unescape.
+    pub fn to_cow(self) -> Cow<'a, str> {
+        if self.0.contains('\\') {
+            let mut value = String::with_capacity(self.0.len());
+            self.unescape_into(&mut value);
+            Cow::Owned(value)
+        } else {
+            Cow::Borrowed(self.0)
+        }
+    }
+
+    /// The value, written into `buf` (cleared first) and borrowed from it.
+    pub fn unescape_into(self, buf: &mut String) -> &str {
+        buf.clear();
+        let mut rest = self.0;
+        while let Some(at) = rest.find('\\') {
+            buf.push_str(&rest[..at]);
+            let (ch, len) = unescape_one(&rest[at..]).expect("checked when it was read");
+            buf.push(ch);
+            rest = &rest[at + len..];
+        }
+        buf.push_str(rest);
+        buf
+    }
+
+    /// Whether every `\u` escape is a valid code point or a valid surrogate pair (serde_json
+    /// checks the escapes' syntax, not that).
+    fn surrogates_paired(raw: &str) -> bool {
+        let mut rest = raw;
+        while let Some(at) = rest.find('\\') {
+            match unescape_one(&rest[at..]) {
+                Some((_, len)) => rest = &rest[at + len..],
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Decodes the escape at the start of `s` (which starts with a backslash): the character and
+/// how many bytes the escape takes; `None` for a lone or unpaired surrogate.
+fn unescape_one(s: &str) -> Option<(char, usize)> {
+    let b = s.as_bytes();
+    let simple = match b.get(1)? {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let hex = |at: usize| u32::from_str_radix(s.get(at..at + 4)?, 16).ok();
+            let first = hex(2)?;
+            return match first {
+                0xD800..=0xDBFF if s.get(6..8) == Some("\\u") => {
+                    let second = hex(8).filter(|c| (0xDC00..=0xDFFF).contains(c))?;
+                    let code = 0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00);
+                    Some((char::from_u32(code)?, 12))
+                }
+                _ => Some((char::from_u32(first)?, 6)),
+            };
+        }
+        _ => return None,
+    };
+    Some((simple, 2))
+}
+
+impl<'de> Deserialize<'de> for RawStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&'de serde_json::value::RawValue>::deserialize(d)?.get();
+        let content = raw
+            .strip_prefix('"')
+            .and_then(|r| r.strip_suffix('"'))
+            .ok_or_else(|| de::Error::invalid_type(de::Unexpected::Other(raw), &"a string"))?;
+        if content.contains("\\u") && !RawStr::surrogates_paired(content) {
+            return Err(de::Error::custom("unpaired surrogate in a \\u escape"));
+        }
+        Ok(RawStr(content))
     }
 }
 
@@ -136,23 +257,96 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// Appends `{seq, uri, body}` as one frame to `out`, omitting `seq` when 0 and `body` when
-/// empty as Go's `omitempty` does.
+/// empty as Go's `omitempty` does. Written by hand, byte for byte what serde_json writes:
+/// this runs once per push, and most of a push's bytes need no escaping.
 pub fn encode_message(out: &mut Vec<u8>, order: ByteOrder, seq: i64, uri: &str, body: &str) {
-    #[derive(Serialize)]
-    struct Wire<'b> {
-        #[serde(skip_serializing_if = "is_zero")]
-        seq: i64,
-        uri: &'b str,
-        #[serde(skip_serializing_if = "str::is_empty")]
-        body: &'b str,
-    }
     frame::encode_with(out, order, |out| {
-        serde_json::to_writer(out, &Wire { seq, uri, body }).expect("writing to a Vec cannot fail")
+        out.push(b'{');
+        if seq != 0 {
+            out.extend_from_slice(b"\"seq\":");
+            write_i64(out, seq);
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"uri\":");
+        write_json_str(out, uri);
+        if !body.is_empty() {
+            out.extend_from_slice(b",\"body\":");
+            write_json_str(out, body);
+        }
+        out.push(b'}');
     });
 }
 
-fn is_zero(n: &i64) -> bool {
-    *n == 0
+fn write_i64(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `s` as a JSON string: quoted, with `"`, `\` and control characters escaped.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    out.push(b'"');
+    if !needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+    } else {
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let escape: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                c if c < 0x20 => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    &[
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX[usize::from(c >> 4)],
+                        HEX[usize::from(c & 0xf)],
+                    ]
+                }
+                _ => continue,
+            };
+            out.extend_from_slice(&bytes[start..i]);
+            out.extend_from_slice(escape);
+            start = i + 1;
+        }
+        out.extend_from_slice(&bytes[start..]);
+    }
+    out.push(b'"');
+}
+
+/// Whether any byte is `"`, `\` or a control character, checked eight bytes at a time.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // High bit set in the bytes below `n` (n <= 128; exact as a yes-or-no).
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS;
+    let equal = |w: u64, b: u8| below(w ^ (ONES * u64::from(b)), 1);
+    let special = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
+    let mut chunks = bytes.chunks_exact(8);
+    chunks.by_ref().any(|chunk| {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        below(w, 0x20) | equal(w, b'"') | equal(w, b'\\') != 0
+    }) || chunks.remainder().iter().any(special)
 }
 
 /// The `seq` of frames the server sends: strictly increasing and close to the Unix time in
@@ -217,14 +411,14 @@ impl<'de, T: GoObject<'de>> Visitor<'de> for GoVisitor<T> {
     }
 }
 
-impl<'de> GoObject<'de> for MessageRef<'de> {
+impl<'de> GoObject<'de> for RawMessage<'de> {
     const FIELDS: &'static [&'static str] = &["seq", "uri", "body"];
 
     fn set<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
         match index {
             0 => set_unless_null(&mut self.seq, map.next_value()?),
             1 => set_unless_null(&mut self.uri, next_str(map)?),
-            _ => set_unless_null(&mut self.body, next_str(map)?),
+            _ => set_unless_null(&mut self.body, map.next_value()?),
         }
         Ok(())
     }
@@ -366,6 +560,43 @@ mod tests {
     }
 
     #[test]
+    fn hand_written_encoding_is_byte_for_byte_what_serde_json_writes() {
+        #[derive(Serialize)]
+        struct Wire<'b> {
+            seq: i64,
+            uri: &'b str,
+            body: &'b str,
+        }
+        let all_controls: String = (0u8..0x20).map(char::from).collect();
+        let cases = [
+            "",
+            "plain ascii, longer than eight bytes",
+            "q\"uote \\ back",
+            &all_controls,
+            "ünïcödé 😀 \u{2028} \u{7f}",
+            "\"\"\"\"\"\"\"\"\"",
+            "abcdefg\"",
+        ];
+        for (i, text) in cases.iter().enumerate() {
+            for seq in [1, -1, i64::MAX, i64::MIN, 1_795_505_507_751] {
+                let mut ours = Vec::new();
+                encode_message(&mut ours, ByteOrder::Big, seq, text, &format!("{text}!"));
+                let wire = Wire {
+                    seq,
+                    uri: text,
+                    body: &format!("{text}!"),
+                };
+                let theirs = serde_json::to_vec(&wire).unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&ours[4..]),
+                    String::from_utf8_lossy(&theirs),
+                    "case {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn encode_then_decode_is_identity() {
         let m = Message {
             seq: -3,
@@ -387,6 +618,45 @@ mod tests {
         let json = r.to_json();
         let back = PushRequest::decode(&json).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn raw_bodies_unescape_to_what_serde_json_reads() {
+        let mut buf = String::new();
+        for body in [
+            r#""plain""#,
+            r#""{\"uid\":\"7\"}""#,
+            r#""tab\t nl\n \u00e9 \ud83d\ude00 \\u0041 \/""#,
+            r#""""#,
+        ] {
+            let payload = format!(r#"{{"uri": "/a", "body": {body}}}"#);
+            let raw = RawMessage::decode(payload.as_bytes()).unwrap().body;
+            let want: String = serde_json::from_str(body).unwrap();
+            assert_eq!(raw.to_cow(), want);
+            assert_eq!(raw.unescape_into(&mut buf), want);
+        }
+        let raw = RawMessage::decode(br#"{"body": "no escapes"}"#)
+            .unwrap()
+            .body;
+        assert!(matches!(raw.to_cow(), Cow::Borrowed("no escapes")));
+    }
+
+    #[test]
+    fn unpaired_surrogates_and_non_strings_are_bad_bodies() {
+        for body in [
+            r#""\ud83d""#,
+            r#""\ude00""#,
+            r#""\ud83d\u0041""#,
+            r#""\ud83dx""#,
+            "5",
+            "[]",
+            "{}",
+        ] {
+            let payload = format!(r#"{{"uri": "/a", "body": {body}}}"#);
+            assert!(RawMessage::decode(payload.as_bytes()).is_err(), "{body}");
+        }
+        let m = RawMessage::decode(br#"{"body": "x", "body": null}"#).unwrap();
+        assert_eq!(m.body.to_cow(), "x", "null keeps the earlier value");
     }
 
     #[test]

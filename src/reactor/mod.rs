@@ -201,6 +201,8 @@ pub(crate) struct Reactor {
     scratch: Vec<u8>,
     /// The frame of the push being delivered, encoded once for all its targets.
     frame: Vec<u8>,
+    /// The unescaped body of the `/logic/send/msg` being read, reused across frames.
+    push_body: String,
     /// Connections that passed the cap during a push, closed once the push is done.
     slow: Vec<usize>,
     /// Connections whose read budget ran out with data possibly left in the socket.
@@ -268,6 +270,7 @@ impl Reactor {
             },
             scratch: vec![0; SCRATCH_LEN],
             frame: Vec::new(),
+            push_body: String::new(),
             slow: Vec::new(),
             unread: Vec::new(),
             expired: Vec::new(),

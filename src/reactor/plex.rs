@@ -8,7 +8,7 @@ use super::Reactor;
 use super::conn::{CloseReason, ConnRef, State};
 use crate::auth::{AuthRequest, AuthTicket, AuthVerdict};
 use crate::protocol::frame::Decoder;
-use crate::protocol::message::{MessageRef, PushRequest, encode_message};
+use crate::protocol::message::{PushRequest, RawMessage, encode_message};
 use crate::protocol::uri;
 
 /// Whether the connection still takes input after a frame: `false` once it is closed or
@@ -54,7 +54,7 @@ impl Reactor {
             }
             return true;
         }
-        let message = match MessageRef::decode(payload) {
+        let message = match RawMessage::decode(payload) {
             Ok(message) => message,
             Err(e) => {
                 self.counters.bad_frames += 1;
@@ -71,7 +71,11 @@ impl Reactor {
         if log::log_enabled!(log::Level::Trace) {
             // Tokens and the inner password are secrets: never in the log.
             let secret = matches!(&*message.uri, uri::AUTH | uri::INNER_AUTH);
-            let body: &str = if secret { "<redacted>" } else { &message.body };
+            let body = if secret {
+                "<redacted>".into()
+            } else {
+                message.body.to_cow()
+            };
             trace!("#{key}: {} {body:?}", message.uri);
         }
         match conn.state {
@@ -92,7 +96,7 @@ impl Reactor {
         }
     }
 
-    fn on_unauthenticated(&mut self, key: usize, message: MessageRef) -> Alive {
+    fn on_unauthenticated(&mut self, key: usize, message: RawMessage) -> Alive {
         let State::Unauthenticated { pending, .. } = self.conns[key].state else {
             unreachable!("called for unauthenticated connections");
         };
@@ -105,10 +109,10 @@ impl Reactor {
                 );
                 true
             }
-            uri::AUTH => self.authenticate(key, &message.body),
+            uri::AUTH => self.authenticate(key, &message.body.to_cow()),
             uri::INNER_AUTH => {
                 if constant_time_eq(
-                    message.body.as_bytes(),
+                    message.body.to_cow().as_bytes(),
                     self.limits.inner_password.as_bytes(),
                 ) {
                     self.become_inner(key);
@@ -228,7 +232,7 @@ impl Reactor {
         true
     }
 
-    fn on_user(&mut self, key: usize, message: MessageRef) {
+    fn on_user(&mut self, key: usize, message: RawMessage) {
         match &*message.uri {
             uri::HEARTBEAT => {
                 self.reply(key, uri::HEARTBEAT);
@@ -251,30 +255,36 @@ impl Reactor {
         }
     }
 
-    fn on_inner(&mut self, key: usize, message: MessageRef) {
+    fn on_inner(&mut self, key: usize, message: RawMessage) {
         match &*message.uri {
             uri::HEARTBEAT => {
                 self.reply(key, uri::HEARTBEAT);
             }
-            uri::SEND_MSG => match PushRequest::decode(&message.body) {
-                Ok(request) if request.uid.is_empty() => {
-                    self.counters.refused += 1;
-                    debug!("#{key}: push refused: uid is required");
-                }
-                Ok(request) => match uri::check_push_uri(&request.uri) {
-                    Ok(()) => {
-                        self.push(&[&*request.uid], &request.uri, &request.body);
+            uri::SEND_MSG => {
+                // The push body is JSON inside a JSON string: unescaped into a buffer kept
+                // across frames, then read in place, so a push allocates nothing.
+                let mut buf = std::mem::take(&mut self.push_body);
+                match PushRequest::decode(message.body.unescape_into(&mut buf)) {
+                    Ok(request) if request.uid.is_empty() => {
+                        self.counters.refused += 1;
+                        debug!("#{key}: push refused: uid is required");
                     }
+                    Ok(request) => match uri::check_push_uri(&request.uri) {
+                        Ok(()) => {
+                            self.push(&[&*request.uid], &request.uri, &request.body);
+                        }
+                        Err(e) => {
+                            self.counters.refused += 1;
+                            debug!("#{key}: push to uid {} refused: {e}", request.uid);
+                        }
+                    },
                     Err(e) => {
                         self.counters.refused += 1;
-                        debug!("#{key}: push to uid {} refused: {e}", request.uid);
+                        debug!("#{key}: push refused: {e}");
                     }
-                },
-                Err(e) => {
-                    self.counters.refused += 1;
-                    debug!("#{key}: push refused: {e}");
                 }
-            },
+                self.push_body = buf;
+            }
             other => trace!("#{key}: inner connection sent {other:?}; ignored"),
         }
     }
