@@ -100,6 +100,8 @@ pub struct Fleet {
     heartbeat: Vec<u8>,
     heartbeats_sent: u64,
     started: Instant,
+    /// The next user `churn` considers.
+    churn_cursor: usize,
 }
 
 impl Fleet {
@@ -126,6 +128,7 @@ impl Fleet {
             heartbeat,
             heartbeats_sent: 0,
             started: Instant::now(),
+            churn_cursor: 0,
         };
         let mut progress = (0, Instant::now());
         while fleet.tally.ready < fleet.config.conns {
@@ -170,6 +173,59 @@ impl Fleet {
 
     fn open_next(&mut self) -> io::Result<()> {
         let index = self.users.len();
+        let stream = self.open(index)?;
+        self.users.push(User {
+            stream,
+            phase: Phase::Connecting,
+            input: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Closes `count` ready users and connects them again under the same uids, taking them
+    /// round-robin; returns how many it reopened. For `soak`: connections come and go while
+    /// the users stay the same.
+    pub fn churn(&mut self, count: usize) -> io::Result<usize> {
+        let mut reopened = 0;
+        for _ in 0..self.users.len() {
+            if reopened == count {
+                break;
+            }
+            let index = self.churn_cursor % self.users.len();
+            self.churn_cursor += 1;
+            if self.users[index].phase != Phase::Ready {
+                continue;
+            }
+            let fresh = self.open(index)?;
+            let mut old = std::mem::replace(&mut self.users[index].stream, fresh);
+            self.poll.registry().deregister(&mut old)?;
+            drop(old); // the close the server sees
+            let user = &mut self.users[index];
+            user.phase = Phase::Connecting;
+            user.input.clear();
+            self.tally.ready -= 1;
+            reopened += 1;
+        }
+        Ok(reopened)
+    }
+
+    /// Users connected and authenticated now.
+    pub fn ready(&self) -> usize {
+        self.tally.ready
+    }
+
+    /// Benchmark messages received so far.
+    pub fn received(&self) -> u64 {
+        self.tally.count
+    }
+
+    /// Users the server closed (the benchmark's users never expect that).
+    pub fn closed_by_server(&self) -> usize {
+        self.tally.closed
+    }
+
+    /// A socket for user `index`, connecting (non-blocking) from its source address.
+    fn open(&mut self, index: usize) -> io::Result<TcpStream> {
         let source = Ipv4Addr::new(127, 0, 0, 1 + (index % self.config.sources as usize) as u8);
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
@@ -191,12 +247,7 @@ impl Fleet {
             user_token(index),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.users.push(User {
-            stream,
-            phase: Phase::Connecting,
-            input: Vec::new(),
-        });
-        Ok(())
+        Ok(stream)
     }
 
     /// Polls once (at most `timeout`), handles every event, and sends the heartbeats due.

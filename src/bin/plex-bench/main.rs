@@ -10,6 +10,7 @@ mod payload;
 mod proc;
 mod pusher;
 mod report;
+mod soak;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -35,6 +36,10 @@ Commands:
   broadcast --conns N --msgs M       M broadcasts to N users (HTTP API); deliveries/s vs `limit`
   limit --conns N --msgs M           the physical limit: one thread writing M frames of the push
                                      size round-robin to N loopback sockets, nothing in between
+  soak --conns N --minutes T --server-pid P
+                                     N users online for T minutes while --churn of them
+                                     reconnect every second and pushes flow at --rate;
+                                     the server's RSS every --sample seconds must level off
   limit-writer                       (internal) the writing end of `limit`, started by the tool
 
 Options:
@@ -50,6 +55,10 @@ Options:
   --runs K                  repeat K times and report each run and the median [1]
   --server-pid P            the server's pid: RSS (density) and CPU use (push, broadcast)
   --hold SECS               density: keep the users alive this long before measuring [10]
+  --minutes T               soak: how long [10]
+  --churn N                 soak: users that drop their connection and reconnect per second
+                            [1% of --conns]
+  --sample SECS             soak: how often to read the server's RSS [30]
   --heartbeat SECS          each user sends /heartbeat this often [30]
   --concurrency C           connections connecting or authenticating at once [512]
   --sources K               spread client sockets over source addresses 127.0.0.1..K [8]
@@ -68,6 +77,7 @@ enum Command {
     Broadcast,
     Limit,
     LimitWriter,
+    Soak,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +100,10 @@ pub struct Options {
     runs: usize,
     server_pid: Option<u32>,
     hold: Duration,
+    minutes: u64,
+    /// `None`: 1% of the users.
+    churn: Option<usize>,
+    sample: Duration,
     heartbeat: Duration,
     concurrency: usize,
     sources: u8,
@@ -111,6 +125,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         Some("broadcast") => Command::Broadcast,
         Some("limit") => Command::Limit,
         Some("limit-writer") => Command::LimitWriter,
+        Some("soak") => Command::Soak,
         Some(other) => return Err(format!("unknown command {other:?} (see --help)")),
     };
     let mut o = Options {
@@ -124,6 +139,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         runs: 1,
         server_pid: None,
         hold: Duration::from_secs(10),
+        minutes: 10,
+        churn: None,
+        sample: Duration::from_secs(30),
         heartbeat: Duration::from_secs(30),
         concurrency: 512,
         sources: 8,
@@ -179,6 +197,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             "--runs" => o.runs = number(&value)?.max(1) as usize,
             "--server-pid" => o.server_pid = Some(value.parse().map_err(|_| bad())?),
             "--hold" => o.hold = Duration::from_secs(number(&value)?),
+            "--minutes" => o.minutes = number(&value)?.max(1),
+            "--churn" => o.churn = Some(number(&value)? as usize),
+            "--sample" => o.sample = Duration::from_secs(number(&value)?.max(1)),
             "--heartbeat" => o.heartbeat = Duration::from_secs(number(&value)?.max(1)),
             "--concurrency" => o.concurrency = number(&value)?.max(1) as usize,
             "--sources" => o.sources = value.parse().ok().filter(|&k| k > 0).ok_or_else(bad)?,
@@ -192,11 +213,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
     if o.conns == 0 {
         return Err("--conns is required".into());
     }
-    if o.msgs == 0 && o.command != Command::Density {
+    let measures_memory = matches!(o.command, Command::Density | Command::Soak);
+    if o.msgs == 0 && !measures_memory {
         return Err("--msgs is required".into());
     }
-    if o.command == Command::Density && o.server_pid.is_none() {
-        return Err("density needs --server-pid".into());
+    if measures_memory && o.server_pid.is_none() {
+        return Err("density and soak need --server-pid".into());
     }
     if o.body_bytes < payload::MIN_BODY_BYTES {
         return Err(format!(
@@ -255,6 +277,7 @@ fn main() -> ExitCode {
         Command::Density => density(&options),
         Command::Push | Command::Broadcast | Command::Limit => throughput(&options),
         Command::LimitWriter => limit::writer_main(&options),
+        Command::Soak => soak::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
