@@ -6,8 +6,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use plex::protocol::message::encode_message;
 use plex::protocol::message::RawMessage;
+use plex::protocol::message::encode_message;
 use plex::protocol::{ByteOrder, Decoder, MessageRef, PushRequest, uri};
 
 /// A 100-byte body, the size the targets are set for.

@@ -105,7 +105,9 @@ impl Pusher {
                 let stream = std::net::TcpStream::connect(address).map_err(|e| {
                     io::Error::new(
                         e.kind(),
-                        format!("HTTP API at {address}: {e} (the HTTP API is pending: not in this branch yet)"),
+                        format!(
+                            "HTTP API at {address}: {e} (is the server running, with --http-port?)"
+                        ),
                     )
                 })?;
                 stream.set_nodelay(true)?;

@@ -77,7 +77,10 @@ pub fn run(o: &Options) -> io::Result<()> {
             .min()
             .expect("two deadlines at least");
         let timeout = next.saturating_duration_since(Instant::now());
-        fleet.turn(Some(timeout.min(Duration::from_millis(100))), Some(&mut pusher))?;
+        fleet.turn(
+            Some(timeout.min(Duration::from_millis(100))),
+            Some(&mut pusher),
+        )?;
     }
 
     // Level off: compare the second half's growth with the first half's.
