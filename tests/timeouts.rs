@@ -53,6 +53,20 @@ fn auth_timeout_closes_a_silent_unauthenticated_connection() {
 }
 
 #[test]
+fn a_timeout_further_out_than_a_turn_looks_ahead_still_fires_on_time() {
+    // The reactor looks 6.4 s ahead for timers before it sleeps; a lone 8 s timer is reached
+    // by waking at that horizon and looking again.
+    let timeout = Duration::from_secs(8);
+    let server = start(Config {
+        auth_timeout: timeout.as_secs(),
+        ..config()
+    });
+    let since = Instant::now();
+    let mut c = server.connect();
+    assert_closed_on_time(&mut c, since, timeout);
+}
+
+#[test]
 fn activity_before_auth_does_not_extend_the_auth_timeout() {
     let server = start(Config {
         auth_timeout: 1,

@@ -59,6 +59,8 @@ const FIRST_CONN: usize = 4;
 const TICK: Duration = Duration::from_millis(100);
 /// Wheel size: 4096 ticks of 100 ms cover the default timeouts in one revolution.
 const WHEEL_SLOTS: usize = 4096;
+/// How many ticks ahead a turn looks for the next timer before it sleeps.
+const TIMER_HORIZON: u64 = 64;
 /// Shared read buffer: the most one `read` takes from a socket.
 const SCRATCH_LEN: usize = 64 * 1024;
 /// Bytes read from one connection before others get their turn.
@@ -374,9 +376,14 @@ impl Reactor {
         if self.commands_left || !self.unread.is_empty() {
             return Some(Duration::ZERO);
         }
-        let next_tick = self
-            .wheel
-            .next_busy_tick(WHEEL_SLOTS as u64)
+        // A bounded look ahead keeps this cheap on a sparse wheel; timers further out are
+        // reached by waking at the horizon.
+        let timer_tick = (!self.wheel.is_empty()).then(|| {
+            self.wheel
+                .next_busy_tick(TIMER_HORIZON)
+                .unwrap_or(self.clock.tick + TIMER_HORIZON)
+        });
+        let next_tick = timer_tick
             .into_iter()
             .chain(self.accept_paused_until)
             .chain(self.shutdown_deadline)

@@ -47,7 +47,6 @@ impl<T: Copy> TimerWheel<T> {
         }
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
