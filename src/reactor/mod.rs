@@ -41,7 +41,7 @@ pub use registry::Registry;
 pub use timer::{TimerId, TimerWheel};
 pub(crate) use webhook::Webhook;
 
-/// The two listeners; their tokens are `Token(side as usize)`.
+/// The two listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Side {
     /// Clients and inner connections, speaking the Plex protocol.
@@ -50,6 +50,9 @@ pub(crate) enum Side {
     Http = 1,
 }
 
+// The token space, fixed here once: the listeners, the waker, the signals, then connections.
+const PLEX_LISTENER: Token = Token(Side::Plex as usize);
+const HTTP_LISTENER: Token = Token(Side::Http as usize);
 const WAKER: Token = Token(2);
 const SIGNALS: Token = Token(3);
 /// Connection tokens start here: `Token(slab key + FIRST_CONN)`.
@@ -76,6 +79,10 @@ const POOL_BYTES: usize = 8 * 1024 * 1024;
 
 fn conn_token(key: usize) -> Token {
     Token(key + FIRST_CONN)
+}
+
+fn conn_key(token: Token) -> usize {
+    token.0 - FIRST_CONN
 }
 
 /// Decides about a client's token, at once or later (`Pending`).
@@ -244,8 +251,8 @@ impl Reactor {
         let [mut plex, mut http] = listeners;
         let addrs = [plex.local_addr()?, http.local_addr()?];
         let registry = poll.registry();
-        registry.register(&mut plex, Token(Side::Plex as usize), Interest::READABLE)?;
-        registry.register(&mut http, Token(Side::Http as usize), Interest::READABLE)?;
+        registry.register(&mut plex, PLEX_LISTENER, Interest::READABLE)?;
+        registry.register(&mut http, HTTP_LISTENER, Interest::READABLE)?;
         let mut signals = signals;
         if let Some(signals) = &mut signals {
             registry.register(signals, SIGNALS, Interest::READABLE)?;
@@ -326,16 +333,16 @@ impl Reactor {
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
             match event.token() {
-                Token(0) => {
+                PLEX_LISTENER => {
                     self.accept(Side::Plex);
                 }
-                Token(1) => {
+                HTTP_LISTENER => {
                     self.accept(Side::Http);
                 }
                 WAKER => self.commands_left = true,
                 SIGNALS => self.on_signal(),
                 token => {
-                    let key = token.0 - FIRST_CONN;
+                    let key = conn_key(token);
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.read(key);
                     }
