@@ -67,6 +67,14 @@ pub struct Config {
     pub auth_webhook_timeout: u64,
     /// HS256 secret of `AuthMode` `jwt`.
     pub jwt_secret: Option<String>,
+    /// Unread output above which a client is closed if it stays there `SoftPendingSeconds`.
+    pub soft_pending_bytes: usize,
+    /// How long a client may stay above `SoftPendingBytes`.
+    pub soft_pending_seconds: u64,
+    /// SO_SNDBUF of accepted client sockets (0: the kernel's autotuning).
+    pub socket_send_buffer: usize,
+    /// A bearer token `/metrics` accepts besides the `InnerPassword`.
+    pub metrics_token: Option<String>,
 }
 
 /// How client tokens are checked.
@@ -112,6 +120,10 @@ impl Default for Config {
             auth_webhook_connections: 8,
             auth_webhook_timeout: 5,
             jwt_secret: None,
+            soft_pending_bytes: 256 * 1024,
+            soft_pending_seconds: 10,
+            socket_send_buffer: 64 * 1024,
+            metrics_token: None,
         }
     }
 }

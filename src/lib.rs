@@ -27,6 +27,7 @@ pub mod protocol;
 mod reactor;
 mod server;
 mod stats;
+mod upstream;
 
 pub use config::{Config, ConfigError};
 pub use handle::{Handle, HandleError};
@@ -38,6 +39,7 @@ pub use stats::Stats;
 /// Internals exposed for the benchmarks, property tests and fuzz targets only; not a stable API.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::reactor::http::{MAX_HEAD, MAX_HEADERS, Parsed, Request, parse_request};
-    pub use crate::reactor::{Registry, TimerId, TimerWheel};
+    pub use crate::reactor::http::{Head, MAX_HEAD, MAX_HEADERS, Parsed, Request, parse_request};
+    pub use crate::reactor::{Registry, TimerId, TimerWheel, feed};
+    pub use crate::upstream::response::{MAX_RESPONSE, Response, parse_response};
 }

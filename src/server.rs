@@ -14,7 +14,8 @@ use crate::auth::{AuthRequest, AuthVerdict, jwt, token_as_uid};
 use crate::config::{AuthMode, Config, WebhookUrl};
 use crate::handle::Handle;
 use crate::protocol::Message;
-use crate::reactor::{Auth, AuthFn, Hooks, MessageHook, Reactor, Side, UidHook, Webhook};
+use crate::reactor::{AuthFn, AuthSource, Hooks, MessageHook, Reactor, Side, UidHook};
+use crate::upstream::Webhook;
 
 /// Configures a [`Server`]: the config, the auth function and the hooks.
 pub struct ServerBuilder {
@@ -82,7 +83,7 @@ impl ServerBuilder {
         let mut config = self.config;
         config.validate().map_err(|e| invalid(e.to_string()))?;
         let auth = match self.auth {
-            Some(f) => Auth::Function(f),
+            Some(f) => AuthSource::Function(f),
             None => auth_from_config(&config)?,
         };
 
@@ -191,28 +192,30 @@ impl AsRawFd for Server {
 }
 
 /// The token check the config's `AuthMode` names.
-fn auth_from_config(config: &Config) -> io::Result<Auth> {
+fn auth_from_config(config: &Config) -> io::Result<AuthSource> {
     match config.auth_mode {
         AuthMode::Uid => {
             warn!("AuthMode uid: each client's token is taken as its uid; this trusts clients");
-            Ok(Auth::Function(Box::new(|request: AuthRequest| {
+            Ok(AuthSource::Function(Box::new(|request: AuthRequest| {
                 token_as_uid(request.token).into()
             })))
         }
         AuthMode::Jwt => {
             let secret = config.jwt_secret.clone().unwrap_or_default().into_bytes();
-            Ok(Auth::Function(Box::new(move |request: AuthRequest| {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                match jwt::verify_hs256(request.token, &secret, now) {
-                    Ok(uid) => AuthVerdict::Accept(uid),
-                    Err(e) => {
-                        debug!("JWT rejected: {e}");
-                        AuthVerdict::Reject
+            Ok(AuthSource::Function(Box::new(
+                move |request: AuthRequest| {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    match jwt::verify_hs256(request.token, &secret, now) {
+                        Ok(uid) => AuthVerdict::Accept(uid),
+                        Err(e) => {
+                            debug!("JWT rejected: {e}");
+                            AuthVerdict::Reject
+                        }
                     }
-                }
-            })))
+                },
+            )))
         }
         AuthMode::Webhook => {
             let url = config.auth_url.as_deref().unwrap_or_default();
@@ -229,13 +232,13 @@ fn auth_from_config(config: &Config) -> io::Result<Auth> {
                 "auth webhook: POST http://{}{} ({addr})",
                 url.authority, url.path
             );
-            Ok(Auth::Webhook(Webhook::new(
+            Ok(AuthSource::Webhook(Box::new(Webhook::new(
                 addr,
                 &url.authority,
                 &url.path,
                 config.auth_webhook_connections,
                 config.auth_webhook_timeout,
-            )))
+            ))))
         }
     }
 }

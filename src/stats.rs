@@ -1,5 +1,9 @@
 //! Counters of the reactor. They are plain integers owned by the reactor thread, bumped on the
 //! hot path at the cost of an add; a `Stats` snapshot is taken on request (handle, HTTP API).
+//! The two listeners are counted apart: `closed` is about client connections, `http_closed`
+//! about connections to the HTTP API.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -18,13 +22,29 @@ pub(crate) struct Counters {
     pub bad_frames: u64,
     pub upstream: u64,
     pub http_requests: u64,
+    pub http_rejected: u64,
     pub closed: [u64; CloseReason::ALL.len()],
+    pub http_closed: [u64; CloseReason::ALL.len()],
 }
 
 impl Counters {
     pub fn closed(&mut self, reason: CloseReason) {
         self.closed[reason as usize] += 1;
     }
+
+    pub fn http_closed(&mut self, reason: CloseReason) {
+        self.http_closed[reason as usize] += 1;
+    }
+}
+
+/// Live values read off the reactor's state when a snapshot is taken.
+pub(crate) struct Gauges {
+    pub connections: u64,
+    pub users: u64,
+    pub inner: u64,
+    pub uids: u64,
+    pub http_connections: u64,
+    pub buffered_bytes: u64,
 }
 
 /// A snapshot of the server's gauges and counters.
@@ -38,9 +58,11 @@ pub struct Stats {
     pub inner: u64,
     /// Distinct uids online.
     pub uids: u64,
-    /// Connections accepted since start.
+    /// Bytes held in client connections' input and output buffers.
+    pub buffered_bytes: u64,
+    /// Connections accepted on the client listener since start.
     pub accepted: u64,
-    /// Connections refused at once because of `MaxConnection`.
+    /// Client connections refused at once because of `MaxConnection`.
     pub rejected: u64,
     /// Failed authentications (user token or inner password).
     pub auth_failures: u64,
@@ -50,7 +72,8 @@ pub struct Stats {
     pub delivered: u64,
     /// Pushes to a uid with no live connection.
     pub dropped: u64,
-    /// Pushes refused: reserved or empty uri, malformed request, or sent by a user connection.
+    /// Pushes refused: reserved or empty uri, malformed request, too large, or sent by a
+    /// user connection.
     pub refused: u64,
     /// Frames that were not a well-formed message.
     pub bad_frames: u64,
@@ -60,22 +83,31 @@ pub struct Stats {
     pub http_connections: u64,
     /// HTTP requests answered.
     pub http_requests: u64,
-    /// Connections closed for an auth or heartbeat timeout.
+    /// HTTP connections refused at `MaxHttpConnections` (nothing could be evicted).
+    pub http_rejected: u64,
+    /// Client connections closed for an auth or heartbeat timeout.
     pub timeouts: u64,
-    /// Connections closed, by reason.
-    pub closed: std::collections::BTreeMap<&'static str, u64>,
+    /// Client connections closed, by reason.
+    pub closed: BTreeMap<&'static str, u64>,
+    /// HTTP connections closed, by reason.
+    pub http_closed: BTreeMap<&'static str, u64>,
     pub uptime_seconds: u64,
 }
 
+fn by_reason(counts: &[u64; CloseReason::ALL.len()]) -> BTreeMap<&'static str, u64> {
+    (CloseReason::ALL.iter())
+        .map(|&r| (r.as_str(), counts[r as usize]))
+        .collect()
+}
+
 impl Stats {
-    pub(crate) fn from_counters(c: &Counters, gauges: [u64; 5], uptime_seconds: u64) -> Stats {
-        let [connections, users, inner, uids, http_connections] = gauges;
-        let closed_by = |r: CloseReason| c.closed[r as usize];
+    pub(crate) fn from_counters(c: &Counters, g: Gauges, uptime_seconds: u64) -> Stats {
         Stats {
-            connections,
-            users,
-            inner,
-            uids,
+            connections: g.connections,
+            users: g.users,
+            inner: g.inner,
+            uids: g.uids,
+            buffered_bytes: g.buffered_bytes,
             accepted: c.accepted,
             rejected: c.rejected,
             auth_failures: c.auth_failures,
@@ -85,20 +117,17 @@ impl Stats {
             refused: c.refused,
             bad_frames: c.bad_frames,
             upstream: c.upstream,
-            http_connections,
+            http_connections: g.http_connections,
             http_requests: c.http_requests,
-            timeouts: closed_by(CloseReason::AuthTimeout)
-                + closed_by(CloseReason::HeartbeatTimeout),
-            closed: CloseReason::ALL
-                .iter()
-                .map(|&r| (r.as_str(), closed_by(r)))
-                .collect(),
+            http_rejected: c.http_rejected,
+            timeouts: c.closed[CloseReason::AuthTimeout as usize]
+                + c.closed[CloseReason::HeartbeatTimeout as usize],
+            closed: by_reason(&c.closed),
+            http_closed: by_reason(&c.http_closed),
             uptime_seconds,
         }
     }
-}
 
-impl Stats {
     /// The same figures in the Prometheus text exposition format.
     pub fn to_prometheus(&self) -> String {
         use std::fmt::Write;
@@ -112,7 +141,7 @@ impl Stats {
         let gauges = [
             (
                 "connections",
-                "Live TCP connections on the client listener.",
+                "Live connections on the client listener.",
                 self.connections,
             ),
             (
@@ -127,8 +156,13 @@ impl Stats {
             ),
             ("uids", "Distinct uids online.", self.uids),
             (
+                "buffered_bytes",
+                "Bytes held in client connection buffers.",
+                self.buffered_bytes,
+            ),
+            (
                 "http_connections",
-                "Live HTTP connections.",
+                "Live connections on the HTTP listener.",
                 self.http_connections,
             ),
             (
@@ -141,10 +175,14 @@ impl Stats {
             metric(name, "gauge", help, value);
         }
         let counters = [
-            ("accepted_total", "Connections accepted.", self.accepted),
+            (
+                "accepted_total",
+                "Client connections accepted.",
+                self.accepted,
+            ),
             (
                 "rejected_total",
-                "Connections refused at the connection cap.",
+                "Client connections refused at MaxConnection.",
                 self.rejected,
             ),
             (
@@ -165,7 +203,7 @@ impl Stats {
             ),
             (
                 "refused_total",
-                "Pushes refused as invalid or unauthorised.",
+                "Pushes refused as invalid, too large or unauthorised.",
                 self.refused,
             ),
             (
@@ -183,14 +221,24 @@ impl Stats {
                 "HTTP requests answered.",
                 self.http_requests,
             ),
+            (
+                "http_rejected_total",
+                "HTTP connections refused at MaxHttpConnections.",
+                self.http_rejected,
+            ),
         ];
         for (name, help, value) in counters {
             metric(name, "counter", help, value);
         }
-        out.push_str("# HELP plex_closed_total Connections closed, by reason.\n");
+        out.push_str("# HELP plex_closed_total Connections closed, by listener and reason.\n");
         out.push_str("# TYPE plex_closed_total counter\n");
-        for (reason, n) in &self.closed {
-            let _ = writeln!(out, "plex_closed_total{{reason=\"{reason}\"}} {n}");
+        for (listener, closed) in [("client", &self.closed), ("http", &self.http_closed)] {
+            for (reason, n) in closed {
+                let _ = writeln!(
+                    out,
+                    "plex_closed_total{{listener=\"{listener}\",reason=\"{reason}\"}} {n}"
+                );
+            }
         }
         out
     }
@@ -207,10 +255,21 @@ mod tests {
             ..Counters::default()
         };
         c.closed(CloseReason::Kicked);
-        let text = Stats::from_counters(&c, [3, 2, 1, 2, 0], 9).to_prometheus();
+        c.http_closed(CloseReason::PeerClosed);
+        let gauges = Gauges {
+            connections: 3,
+            users: 2,
+            inner: 1,
+            uids: 2,
+            http_connections: 0,
+            buffered_bytes: 0,
+        };
+        let text = Stats::from_counters(&c, gauges, 9).to_prometheus();
         assert!(text.contains("# TYPE plex_pushes_total counter\nplex_pushes_total 7\n"));
         assert!(text.contains("# TYPE plex_connections gauge\nplex_connections 3\n"));
-        assert!(text.contains("plex_closed_total{reason=\"kicked\"} 1\n"));
+        assert!(text.contains("plex_closed_total{listener=\"client\",reason=\"kicked\"} 1\n"));
+        assert!(text.contains("plex_closed_total{listener=\"http\",reason=\"peer_closed\"} 1\n"));
+        assert!(text.contains("plex_closed_total{listener=\"client\",reason=\"peer_closed\"} 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("plex_"), "{line}");

@@ -585,7 +585,7 @@ fn stalled_half_request_is_closed_at_the_idle_timeout_without_holding_others() {
     });
     let mut stalled = raw_connect(server.http);
     stalled
-        .write_all(b"POST /plex/v1/push HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"ui")
+        .write_all(b"POST /plex/v1/push HTTP/1.1\r\nAuthorization: Bearer plex-inner\r\nContent-Length: 100\r\n\r\n{\"ui")
         .unwrap();
     // Meanwhile the reactor serves everyone else.
     let mut user = server.user("busy");
@@ -598,20 +598,59 @@ fn stalled_half_request_is_closed_at_the_idle_timeout_without_holding_others() {
         assert_eq!(recv(&mut user).uri, format!("/{i}"));
     }
     assert_raw_closed(&mut stalled);
-    let stats = server.wait_stats("idle close counted", |s| s.closed["idle_timeout"] >= 1);
+    let stats = server.wait_stats("idle close counted", |s| s.http_closed["idle_timeout"] >= 1);
     assert_eq!(stats.http_connections, 0);
 }
 
 #[test]
-fn http_connection_cap_refuses_extra_connections() {
+fn at_the_http_cap_an_idle_public_connection_makes_room_and_back_ends_keep_theirs() {
     let server = start(plex::Config {
         max_http_connections: 2,
         ..config()
     });
-    let _a = raw_connect(server.http);
-    let _b = raw_connect(server.http);
+    // A back-end shows its token once; a public client only asks for a host.
+    let mut backend = raw_connect(server.http);
+    let mut public = raw_connect(server.http);
+    for (stream, path, auth) in [
+        (&mut backend, "/plex/v1/stats", true),
+        (&mut public, "/plex/v1/host", false),
+    ] {
+        let auth = if auth {
+            "Authorization: Bearer plex-inner\r\n"
+        } else {
+            ""
+        };
+        write!(stream, "GET {path} HTTP/1.1\r\n{auth}\r\n").unwrap();
+        assert_eq!(read_raw(stream, &mut Vec::new()).status, 200);
+    }
     server.wait_stats("two HTTP connections", |s| s.http_connections == 2);
-    let mut c = raw_connect(server.http);
-    assert_raw_closed(&mut c);
-    assert_eq!(server.stats().rejected, 1);
+    // A newcomer takes the public connection's place, not the back-end's.
+    let mut newcomer = raw_connect(server.http);
+    assert_raw_closed(&mut public);
+    write!(newcomer, "GET /plex/v1/host HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_raw(&mut newcomer, &mut Vec::new()).status, 200);
+    write!(
+        backend,
+        "GET /plex/v1/stats HTTP/1.1\r\nAuthorization: Bearer plex-inner\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(read_raw(&mut backend, &mut Vec::new()).status, 200);
+    let stats = server.wait_stats("one evicted", |s| s.http_closed["evicted"] == 1);
+    assert_eq!(stats.http_rejected, 0);
+    // With every slot held by back-ends, a newcomer is refused.
+    write!(
+        newcomer,
+        "GET /plex/v1/stats HTTP/1.1\r\nAuthorization: Bearer plex-inner\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(read_raw(&mut newcomer, &mut Vec::new()).status, 200);
+    let mut refused = raw_connect(server.http);
+    assert_raw_closed(&mut refused);
+    server.wait_stats("one refused", |s| s.http_rejected == 1);
+    write!(
+        backend,
+        "GET /plex/v1/stats HTTP/1.1\r\nAuthorization: Bearer plex-inner\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(read_raw(&mut backend, &mut Vec::new()).status, 200);
 }

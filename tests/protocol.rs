@@ -38,7 +38,10 @@ fn auth_failure_is_answered_and_the_connection_may_retry() {
 
 #[test]
 fn a_message_before_auth_is_answered_auth_failed() {
-    let server = start(config());
+    let server = start(plex::Config {
+        max_auth_failures: 4,
+        ..config()
+    });
     let mut c = server.connect();
     c.send(uri::HEARTBEAT, "").unwrap();
     expect(&mut c, uri::AUTH_FAILED);
@@ -53,6 +56,22 @@ fn a_message_before_auth_is_answered_auth_failed() {
         "nothing reached a hook"
     );
     assert!(c.authenticate("alice", WAIT).unwrap());
+}
+
+#[test]
+fn messages_before_auth_count_as_failed_attempts() {
+    // A client cannot make the server answer `/auth/failed` forever without authenticating.
+    let server = start(config()); // MaxAuthFailures 3
+    let mut c = server.connect();
+    for _ in 0..3 {
+        c.send(uri::HEARTBEAT, "").unwrap();
+    }
+    for _ in 0..3 {
+        expect(&mut c, uri::AUTH_FAILED);
+    }
+    assert_closed(&mut c);
+    server.wait_closed("auth_failures", 1);
+    assert_eq!(server.stats().auth_failures, 3);
 }
 
 #[test]

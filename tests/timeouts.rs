@@ -70,6 +70,7 @@ fn a_timeout_further_out_than_a_turn_looks_ahead_still_fires_on_time() {
 fn activity_before_auth_does_not_extend_the_auth_timeout() {
     let server = start(Config {
         auth_timeout: 1,
+        max_auth_failures: 1000,
         ..config()
     });
     let since = Instant::now();

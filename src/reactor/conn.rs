@@ -1,17 +1,12 @@
-//! One accepted TCP connection: its protocol state, the bytes of a partial frame it has sent,
-//! and the output not yet written to it. The reactor owns every `Conn` in its slab; nothing
-//! here touches `Poll`, the registry or other connections.
+//! One client connection on the client listener: its link and its protocol state. What a
+//! frame does in each state is `session`'s business; this file only holds the data.
 
-use std::io::{self, Write};
 use std::sync::Arc;
 
-use mio::net::TcpStream;
+use super::conns::HasLink;
+use super::link::Link;
 
-use super::buffer::BufferPool;
-use super::timer::TimerId;
-use super::webhook::Exchange;
-
-/// What a connection is, and therefore what its frames may do.
+/// What a client connection is, and therefore what its frames may do.
 #[derive(Debug)]
 pub enum State {
     /// Accepted, must authenticate before the auth timeout; `pending` while an auth
@@ -21,18 +16,41 @@ pub enum State {
     User { uid: Arc<str> },
     /// An authenticated business back-end; may push.
     Inner,
-    /// A connection on the HTTP listener; `continue_sent` once `100 Continue` went out for
-    /// the request being received.
-    Http { continue_sent: bool },
-    /// An outgoing connection to the auth webhook (boxed: rare, and larger than the rest).
-    Webhook(Box<Exchange>),
 }
 
-/// A reference to a connection that stays correct when its slab key is reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnRef {
-    pub key: u32,
-    pub generation: u32,
+pub struct ClientConn {
+    pub link: Link,
+    pub state: State,
+    pub bad_frames: u32,
+    /// Tick at which its pending output first went over the soft limit; 0 while under it.
+    pub over_soft_since: u32,
+}
+
+impl ClientConn {
+    pub fn new(link: Link) -> Self {
+        ClientConn {
+            link,
+            state: State::Unauthenticated {
+                failures: 0,
+                pending: false,
+            },
+            bad_frames: 0,
+            over_soft_since: 0,
+        }
+    }
+
+    pub fn is_user(&self) -> bool {
+        matches!(self.state, State::User { .. })
+    }
+}
+
+impl HasLink for ClientConn {
+    fn link(&self) -> &Link {
+        &self.link
+    }
+    fn link_mut(&mut self) -> &mut Link {
+        &mut self.link
+    }
 }
 
 /// Why a connection was closed: logs and counters use this one enum.
@@ -54,10 +72,12 @@ pub enum CloseReason {
     SlowConsumer,
     Kicked,
     Shutdown,
+    /// An idle HTTP connection closed to make room at `MaxHttpConnections`.
+    Evicted,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::PeerClosed,
         CloseReason::IoError,
         CloseReason::AuthTimeout,
@@ -71,6 +91,7 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::Kicked,
         CloseReason::Shutdown,
+        CloseReason::Evicted,
     ];
 
     /// Short snake_case name, used in logs and as a metrics label.
@@ -89,6 +110,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Kicked => "kicked",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Evicted => "evicted",
         }
     }
 }
@@ -96,91 +118,6 @@ impl CloseReason {
 impl std::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-pub struct Conn {
-    pub stream: TcpStream,
-    pub state: State,
-    /// The start of a frame whose end has not arrived yet; unallocated otherwise.
-    pub input: Vec<u8>,
-    /// Encoded frames not yet written; `output[..written]` already went out.
-    output: Vec<u8>,
-    written: usize,
-    /// The one pending timer of this connection (auth, heartbeat or idle expiry).
-    pub timer: TimerId,
-    pub generation: u32,
-    /// Tick of the last complete frame (or of accept, or of authentication).
-    pub last_active: u32,
-    pub bad_frames: u32,
-    /// Registered for WRITABLE because a write would have blocked.
-    pub write_interest: bool,
-    /// Queued in the reactor's flush list for this turn.
-    pub dirty: bool,
-    /// Set when the connection is to close once its output is flushed: it reads nothing
-    /// more, half-closes after the last byte, and waits briefly for the peer's EOF so that
-    /// the peer is not reset before it has read our last words.
-    pub closing: Option<CloseReason>,
-}
-
-impl Conn {
-    pub fn new(stream: TcpStream, state: State, generation: u32, timer: TimerId, now: u32) -> Self {
-        Conn {
-            stream,
-            state,
-            input: Vec::new(),
-            output: Vec::new(),
-            written: 0,
-            timer,
-            generation,
-            last_active: now,
-            bad_frames: 0,
-            write_interest: false,
-            dirty: false,
-            closing: None,
-        }
-    }
-
-    /// Bytes queued but not yet written.
-    pub fn pending(&self) -> usize {
-        self.output.len() - self.written
-    }
-
-    /// The output buffer to append frames to, borrowed from the pool if there is none.
-    pub fn output(&mut self, pool: &mut BufferPool) -> &mut Vec<u8> {
-        if self.output.capacity() == 0 {
-            self.output = pool.take();
-        } else if self.written > 0 && self.written >= self.output.len() / 2 {
-            // Drop what was written once it is at least half the buffer: amortised O(1).
-            self.output.drain(..self.written);
-            self.written = 0;
-        }
-        &mut self.output
-    }
-
-    /// Writes pending output until done or the socket is full. `Ok(true)` when everything
-    /// went out (the buffer is then back in the pool), `Ok(false)` when the rest must wait
-    /// for the socket to become writable.
-    pub fn write_out(&mut self, pool: &mut BufferPool) -> io::Result<bool> {
-        while self.written < self.output.len() {
-            match self.stream.write(&self.output[self.written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        pool.give(std::mem::take(&mut self.output));
-        self.written = 0;
-        Ok(true)
-    }
-
-    /// Gives both buffers back to the pool; the connection is going away.
-    pub fn release(&mut self, pool: &mut BufferPool) {
-        pool.give(std::mem::take(&mut self.input));
-        pool.give(std::mem::take(&mut self.output));
-        self.written = 0;
     }
 }
 
@@ -193,9 +130,9 @@ mod tests {
         // Every idle connection pays for this struct and nothing else on the heap (its
         // buffers are unallocated). Growing it costs megabytes per million connections.
         assert!(
-            std::mem::size_of::<Conn>() <= 128,
+            std::mem::size_of::<ClientConn>() <= 128,
             "{}",
-            std::mem::size_of::<Conn>()
+            std::mem::size_of::<ClientConn>()
         );
         assert!(std::mem::size_of::<State>() <= 24);
     }

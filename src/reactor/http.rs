@@ -2,37 +2,89 @@
 //! pipelining: requests are cut from the connection's input with `httparse`, whatever the
 //! chunking, answered in order, and their bodies framed by `Content-Length` only.
 //!
-//! `parse_request` is pure (bytes in, a request or a verdict out) so that tests and fuzzers
-//! can feed it anything; the routes below it run inside the reactor and reach the same push,
-//! kick and stats code as the inner TCP connections and the handle.
+//! A request is routed and authenticated from its head, before its body is buffered: a 404,
+//! 405, 401 or 413 never waits for a body. A connection with several responses unwritten is
+//! not read until they drain, so pipelining without reading costs nothing.
+//!
+//! `parse_request` is pure (bytes in, a verdict out) so that tests and fuzzers can feed it
+//! anything; the routes below it work on the context and the client table, reaching the same
+//! push, kick and stats code as the inner TCP connections and the handle.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::io::Write;
 
+use log::debug;
 use rand::RngExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Reactor;
-use super::conn::{CloseReason, State};
-use super::plex::constant_time_eq;
+use super::conn::ClientConn;
+use super::conns::{HasLink, Table};
+use super::ctx::Ctx;
+use super::deliver::{self, PushBuffers};
+use super::link::Link;
+use super::session::constant_time_eq;
+use crate::CloseReason;
 use crate::protocol::uri;
+use crate::stats::Stats;
 
 /// Largest request head (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Most headers in one request.
 pub const MAX_HEADERS: usize = 64;
+/// Unwritten response bytes past which a connection is not read until they drain.
+const MAX_UNWRITTEN: usize = 64 * 1024;
 
-/// One complete request, borrowing from the input.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Request<'a> {
+/// A connection on the HTTP listener.
+pub struct HttpConn {
+    pub link: Link,
+    /// `100 Continue` went out for the request being received.
+    pub continue_sent: bool,
+    /// It has shown the bearer token: it is a back-end, never evicted for a newcomer.
+    pub trusted: bool,
+}
+
+impl HttpConn {
+    pub fn new(link: Link) -> Self {
+        HttpConn {
+            link,
+            continue_sent: false,
+            trusted: false,
+        }
+    }
+}
+
+impl HasLink for HttpConn {
+    fn link(&self) -> &Link {
+        &self.link
+    }
+    fn link_mut(&mut self) -> &mut Link {
+        &mut self.link
+    }
+}
+
+/// A complete request head, borrowing from the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub query: &'a str,
     pub authorization: Option<&'a [u8]>,
-    pub body: &'a [u8],
     /// The connection stays open after the response.
     pub keep_alive: bool,
+    /// It asked for `100 Continue` before sending its body.
+    pub expects_continue: bool,
+    pub content_length: usize,
+    /// Bytes the head takes.
+    pub len: usize,
+}
+
+/// One complete request, borrowing from the input.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub head: Head<'a>,
+    pub body: &'a [u8],
     /// Bytes of input the request took, head and body.
     pub len: usize,
 }
@@ -40,11 +92,8 @@ pub struct Request<'a> {
 /// What the start of the input holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed<'a> {
-    /// Part of a request; `expects_continue` once its head is complete and it asked for
-    /// `100 Continue` before sending the body.
-    Partial {
-        expects_continue: bool,
-    },
+    /// Part of a request: no complete head yet, or a head whose body has not all arrived.
+    Partial(Option<Head<'a>>),
     Complete(Request<'a>),
     /// A request that cannot be answered on a reusable connection: answer and close.
     Invalid(u16, &'static str),
@@ -59,11 +108,7 @@ pub fn parse_request(input: &[u8], max_body: usize) -> Parsed<'_> {
         Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
         Ok(httparse::Status::Complete(_)) => return too_large_head(),
         Ok(httparse::Status::Partial) if input.len() > MAX_HEAD => return too_large_head(),
-        Ok(httparse::Status::Partial) => {
-            return Parsed::Partial {
-                expects_continue: false,
-            };
-        }
+        Ok(httparse::Status::Partial) => return Parsed::Partial(None),
         Err(httparse::Error::TooManyHeaders) => return too_large_head(),
         Err(_) => return Parsed::Invalid(400, "malformed request"),
     };
@@ -93,6 +138,9 @@ pub fn parse_request(input: &[u8], max_body: usize) -> Parsed<'_> {
                 "chunked requests are not supported: send Content-Length",
             );
         } else if name.eq_ignore_ascii_case("authorization") {
+            if authorization.is_some() {
+                return Parsed::Invalid(400, "more than one Authorization header");
+            }
             authorization = Some(header.value);
         } else if name.eq_ignore_ascii_case("connection") {
             close |= has_token(header.value, "close");
@@ -104,19 +152,25 @@ pub fn parse_request(input: &[u8], max_body: usize) -> Parsed<'_> {
     if body_len > max_body {
         return Parsed::Invalid(413, "request body too large");
     }
-    let Some(body) = input.get(head_len..head_len + body_len) else {
-        return Parsed::Partial { expects_continue };
-    };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Parsed::Complete(Request {
+    let head = Head {
         method,
         path,
         query,
         authorization,
-        body,
         keep_alive: !close,
-        len: head_len + body_len,
-    })
+        expects_continue,
+        content_length: body_len,
+        len: head_len,
+    };
+    match input.get(head_len..head_len + body_len) {
+        Some(body) => Parsed::Complete(Request {
+            head,
+            body,
+            len: head_len + body_len,
+        }),
+        None => Parsed::Partial(Some(head)),
+    }
 }
 
 fn too_large_head() -> Parsed<'static> {
@@ -139,12 +193,14 @@ fn has_token(value: &[u8], token: &str) -> bool {
 }
 
 /// A response about to be written.
-struct Response {
-    status: u16,
+pub struct Response {
+    pub status: u16,
     content_type: &'static str,
     body: Vec<u8>,
-    /// For 405: the method the path takes.
+    /// For 405: the methods the path takes.
     allow: Option<&'static str>,
+    /// The answer to a `HEAD`: headers only.
+    head_only: bool,
 }
 
 impl Response {
@@ -154,6 +210,7 @@ impl Response {
             content_type: "application/json",
             body: value.to_string().into_bytes(),
             allow: None,
+            head_only: false,
         }
     }
 
@@ -173,22 +230,221 @@ fn reason_phrase(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         _ => "Internal Server Error",
     }
 }
 
-type Handler = fn(&mut Reactor, &Request) -> Response;
+/// What the routes work on: the context and the client connections. The HTTP connection
+/// itself is not reachable from a route.
+pub struct Api<'a> {
+    pub ctx: &'a mut Ctx,
+    pub clients: &'a mut Table<ClientConn>,
+    pub push: &'a mut PushBuffers,
+    /// A snapshot of the server's figures, for the stats and metrics routes.
+    pub stats: &'a dyn Fn(&Ctx, &Table<ClientConn>) -> Stats,
+}
 
-/// Every route: path, method, whether it needs the bearer token, handler.
-const ROUTES: [(&str, &str, bool, Handler); 7] = [
-    ("/plex/v1/host", "GET", false, Reactor::http_host),
-    ("/plex/v1/push", "POST", true, Reactor::http_push),
-    ("/plex/v1/broadcast", "POST", true, Reactor::http_broadcast),
-    ("/plex/v1/online", "GET", true, Reactor::http_online),
-    ("/plex/v1/kick", "POST", true, Reactor::http_kick),
-    ("/plex/v1/stats", "GET", true, Reactor::http_stats),
-    ("/metrics", "GET", true, Reactor::http_metrics),
+type Handler = fn(&mut Api, &Request) -> Response;
+
+/// Who may call a route.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone: clients ask where to connect, orchestrators probe health.
+    Public,
+    /// Back-ends: `Authorization: Bearer <InnerPassword>`.
+    Inner,
+    /// Back-ends, or a scraper with `MetricsToken`.
+    Metrics,
+}
+
+/// Every route: path, method, who may call it, handler.
+const ROUTES: [(&str, &str, Access, Handler); 9] = [
+    ("/plex/v1/host", "GET", Access::Public, host),
+    ("/healthz", "GET", Access::Public, healthz),
+    ("/readyz", "GET", Access::Public, readyz),
+    ("/plex/v1/push", "POST", Access::Inner, push),
+    ("/plex/v1/broadcast", "POST", Access::Inner, broadcast),
+    ("/plex/v1/online", "GET", Access::Inner, online),
+    ("/plex/v1/kick", "POST", Access::Inner, kick),
+    ("/plex/v1/stats", "GET", Access::Inner, stats),
+    ("/metrics", "GET", Access::Metrics, metrics),
 ];
+
+/// What the head of a request decides before its body is read.
+enum Admit {
+    Route(Handler),
+    Refuse(Response),
+}
+
+fn admit(ctx: &Ctx, conn: &mut HttpConn, head: &Head) -> Admit {
+    let Some(&(_, method, access, handler)) = ROUTES.iter().find(|(path, ..)| *path == head.path)
+    else {
+        return Admit::Refuse(Response::error(404, "no such path"));
+    };
+    let allowed = head.method == method || (method == "GET" && head.method == "HEAD");
+    if !allowed {
+        let allow = if method == "GET" { "GET, HEAD" } else { method };
+        return Admit::Refuse(Response {
+            allow: Some(allow),
+            ..Response::error(405, "method not allowed")
+        });
+    }
+    let inner = bearer_is(head.authorization, &ctx.limits.inner_password);
+    if inner {
+        conn.trusted = true;
+    }
+    let permitted = match access {
+        Access::Public => true,
+        Access::Inner => inner,
+        Access::Metrics => {
+            inner
+                || (ctx.limits.metrics_token.as_deref())
+                    .is_some_and(|token| bearer_is(head.authorization, token))
+        }
+    };
+    if !permitted {
+        return Admit::Refuse(Response::error(401, "missing or wrong bearer token"));
+    }
+    Admit::Route(handler)
+}
+
+fn bearer_is(authorization: Option<&[u8]>, secret: &str) -> bool {
+    let Some(value) = authorization else {
+        return false;
+    };
+    let Some((scheme, token)) = value.split_at_checked(7) else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case(b"bearer ") && constant_time_eq(token, secret.as_bytes())
+}
+
+/// Answers the complete requests at the start of `bytes`, in order; returns how many bytes
+/// they took. Stops at a partial request, when the connection closes, or when its unwritten
+/// responses pass `MAX_UNWRITTEN` (its reading is then paused until they drain).
+pub fn process(api: &mut Api, https: &mut Table<HttpConn>, key: usize, bytes: &[u8]) -> usize {
+    let r = https.ref_of(key);
+    let mut used = 0;
+    loop {
+        let conn = &mut https[key];
+        if conn.link.is_done() {
+            return used;
+        }
+        if conn.link.pending() > MAX_UNWRITTEN {
+            conn.link.read_paused = true;
+            return used;
+        }
+        let (response, close) = match parse_request(&bytes[used..], api.ctx.limits.max_http_body) {
+            Parsed::Partial(None) => return used,
+            Parsed::Partial(Some(head)) => match admit(api.ctx, conn, &head) {
+                Admit::Refuse(response) => (response, true),
+                Admit::Route(_) => {
+                    if head.expects_continue && !conn.continue_sent {
+                        conn.continue_sent = true;
+                        let out = conn.link.output(&mut api.ctx.core.pool);
+                        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        https.mark_dirty(key);
+                    }
+                    return used;
+                }
+            },
+            Parsed::Complete(request) => {
+                used += request.len;
+                conn.continue_sent = false;
+                conn.link.last_active = api.ctx.core.clock.tick32();
+                let mut response = match admit(api.ctx, conn, &request.head) {
+                    Admit::Refuse(response) => response,
+                    Admit::Route(handler) => handler(api, &request),
+                };
+                response.head_only = request.head.method == "HEAD";
+                debug!(
+                    "{}: {} {} -> {}",
+                    Table::<HttpConn>::name(r),
+                    request.head.method,
+                    request.head.path,
+                    response.status
+                );
+                (response, !request.head.keep_alive)
+            }
+            Parsed::Invalid(status, message) => {
+                debug!(
+                    "{}: bad request -> {status} {message}",
+                    Table::<HttpConn>::name(r)
+                );
+                (Response::error(status, message), true)
+            }
+        };
+        api.ctx.counters.http_requests += 1;
+        let conn = &mut https[key];
+        write_response(api.ctx, &mut conn.link, &response, close);
+        https.mark_dirty(key);
+        if close {
+            let ticks = api.ctx.linger_ticks(&https[key].link);
+            let reason = if response.status >= 400 {
+                CloseReason::BadRequest
+            } else {
+                CloseReason::Done
+            };
+            api.ctx.core.linger(&mut https[key].link, r, reason, ticks);
+            return used;
+        }
+    }
+}
+
+/// Queues one response. `close` makes it the connection's last.
+fn write_response(ctx: &mut Ctx, link: &mut Link, r: &Response, close: bool) {
+    let date = http_date(ctx.core.clock.unix_ms / 1000);
+    let out = link.output(&mut ctx.core.pool);
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\nDate: {date}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        r.status,
+        reason_phrase(r.status),
+        r.content_type,
+        r.body.len()
+    );
+    if let Some(allow) = r.allow {
+        let _ = write!(out, "Allow: {allow}\r\n");
+    }
+    if r.status == 401 {
+        out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !r.head_only {
+        out.extend_from_slice(&r.body);
+    }
+}
+
+/// An IMF-fixdate (RFC 9110 §5.6.7) for the `Date` header, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn http_date(unix_secs: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix_secs.div_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
 
 #[derive(Deserialize)]
 struct PushBody<'a> {
@@ -208,221 +464,122 @@ struct KickBody<'a> {
     uid: Option<Cow<'a, str>>,
 }
 
-impl Reactor {
-    /// Answers the complete requests at the start of `bytes`, in order; returns how many
-    /// bytes they took, or `None` once the connection is closed or closing.
-    pub(super) fn process_requests(&mut self, key: usize, bytes: &[u8]) -> Option<usize> {
-        let mut used = 0;
-        loop {
-            match parse_request(&bytes[used..], self.limits.max_http_body) {
-                Parsed::Partial { expects_continue } => {
-                    if expects_continue {
-                        self.send_continue(key)?;
-                    }
-                    return Some(used);
-                }
-                Parsed::Complete(request) => {
-                    used += request.len;
-                    self.counters.http_requests += 1;
-                    let now = self.clock.tick32();
-                    let conn = &mut self.conns[key];
-                    conn.last_active = now;
-                    conn.state = State::Http {
-                        continue_sent: false,
-                    };
-                    let response = self.route(&request);
-                    log::debug!(
-                        "#{key}: {} {} -> {}",
-                        request.method,
-                        request.path,
-                        response.status
-                    );
-                    let close = (!request.keep_alive).then_some(CloseReason::Done);
-                    self.respond(key, &response, close)?;
-                }
-                Parsed::Invalid(status, message) => {
-                    self.counters.http_requests += 1;
-                    log::debug!("#{key}: bad request -> {status} {message}");
-                    let response = Response::error(status, message);
-                    self.respond(key, &response, Some(CloseReason::BadRequest))?;
-                }
-            }
+fn host(api: &mut Api, _: &Request) -> Response {
+    let servers = &api.ctx.limits.outer_servers;
+    let host = &servers[rand::rng().random_range(0..servers.len())];
+    Response::json(200, json!({ "host": host }))
+}
+
+/// Liveness: the process is up and its reactor turns.
+fn healthz(_: &mut Api, _: &Request) -> Response {
+    Response::json(200, json!({ "status": "ok" }))
+}
+
+/// Readiness: it accepts clients (its listeners close when it starts shutting down).
+fn readyz(api: &mut Api, _: &Request) -> Response {
+    if api.ctx.shutdown_deadline.is_some() {
+        return Response::error(503, "shutting down");
+    }
+    Response::json(200, json!({ "status": "ready" }))
+}
+
+fn push(api: &mut Api, request: &Request) -> Response {
+    let body: PushBody = match parse_json(request.body) {
+        Ok(body) => body,
+        Err(e) => return refuse(api, &format!("bad JSON: {e}")),
+    };
+    let uids: Vec<Cow<str>> = match (body.uid, body.uids) {
+        (Some(uid), None) => vec![uid],
+        (None, Some(uids)) => uids,
+        (Some(_), Some(_)) => return refuse(api, "give uid or uids, not both"),
+        (None, None) => return refuse(api, "uid or uids is required"),
+    };
+    if uids.is_empty() || uids.iter().any(|u| u.is_empty()) {
+        return refuse(api, "uids must be non-empty strings");
+    }
+    let uri = body.uri.unwrap_or_default();
+    if let Err(e) = uri::check_push_uri(&uri) {
+        return refuse(api, &e.to_string());
+    }
+    let body = body.body.unwrap_or_default();
+    let frame = &mut api.push.frame;
+    match deliver::push(api.ctx, api.clients, frame, &uids, &uri, &body) {
+        Ok(delivered) => Response::json(200, json!({ "delivered": delivered })),
+        Err(e) => too_large(api, &e.to_string()),
+    }
+}
+
+fn broadcast(api: &mut Api, request: &Request) -> Response {
+    let body: PushBody = match parse_json(request.body) {
+        Ok(body) => body,
+        Err(e) => return refuse(api, &format!("bad JSON: {e}")),
+    };
+    let uri = body.uri.unwrap_or_default();
+    if let Err(e) = uri::check_push_uri(&uri) {
+        return refuse(api, &e.to_string());
+    }
+    let body = body.body.unwrap_or_default();
+    let frame = &mut api.push.frame;
+    match deliver::broadcast(api.ctx, api.clients, frame, &uri, &body) {
+        Ok(delivered) => Response::json(200, json!({ "delivered": delivered })),
+        Err(e) => too_large(api, &e.to_string()),
+    }
+}
+
+/// A push that will not be delivered: counted, and answered 400.
+fn refuse(api: &mut Api, why: &str) -> Response {
+    api.ctx.counters.refused += 1;
+    Response::error(400, why)
+}
+
+/// A push no client could take: counted, and answered 413 before anyone is disconnected.
+fn too_large(api: &mut Api, why: &str) -> Response {
+    api.ctx.counters.refused += 1;
+    Response::error(413, why)
+}
+
+fn online(api: &mut Api, request: &Request) -> Response {
+    let mut uids = Vec::new();
+    for pair in request.head.query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (percent_decode(name), percent_decode(value)) {
+            (Some(name), Some(value)) if name == "uid" => uids.push(value),
+            (Some(_), Some(_)) => {}
+            _ => return Response::error(400, "malformed query string"),
         }
     }
-
-    fn route(&mut self, request: &Request) -> Response {
-        let Some(&(_, method, needs_auth, handler)) =
-            ROUTES.iter().find(|(path, ..)| *path == request.path)
-        else {
-            return Response::error(404, "no such path");
-        };
-        if request.method != method {
-            return Response {
-                allow: Some(method),
-                ..Response::error(405, "method not allowed")
-            };
-        }
-        if needs_auth && !self.bearer_ok(request.authorization) {
-            return Response::error(401, "missing or wrong bearer token");
-        }
-        handler(self, request)
+    if uids.is_empty() {
+        return Response::error(400, "give at least one uid parameter");
     }
+    let online: BTreeMap<&str, usize> = (uids.iter())
+        .map(|u| (u.as_str(), deliver::online(api.ctx, api.clients, u)))
+        .collect();
+    Response::json(200, json!({ "online": online }))
+}
 
-    fn bearer_ok(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(value) = authorization else {
-            return false;
-        };
-        let Some((scheme, token)) = value.split_at_checked(7) else {
-            return false;
-        };
-        scheme.eq_ignore_ascii_case(b"bearer ")
-            && constant_time_eq(token, self.limits.inner_password.as_bytes())
-    }
+fn kick(api: &mut Api, request: &Request) -> Response {
+    let uid = match parse_json::<KickBody>(request.body) {
+        Ok(KickBody { uid: Some(uid) }) if !uid.is_empty() => uid,
+        Ok(_) => return Response::error(400, "uid is required"),
+        Err(e) => return Response::error(400, &format!("bad JSON: {e}")),
+    };
+    let closed = deliver::kick(api.ctx, api.clients, &uid);
+    Response::json(200, json!({ "closed": closed }))
+}
 
-    /// Queues a response; `close` makes it the last one on this connection. `None` if the
-    /// connection is closed or closing.
-    fn respond(&mut self, key: usize, r: &Response, close: Option<CloseReason>) -> Option<()> {
-        use std::io::Write;
-        let len = r.body.len() + 256;
-        let conn = &mut self.conns[key];
-        let queued = self.outbox.queue_with(key, conn, len, |out| {
-            let _ = write!(
-                out,
-                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-                r.status,
-                reason_phrase(r.status),
-                r.content_type,
-                r.body.len()
-            );
-            if let Some(allow) = r.allow {
-                let _ = write!(out, "Allow: {allow}\r\n");
-            }
-            if r.status == 401 {
-                out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
-            }
-            if close.is_some() {
-                out.extend_from_slice(b"Connection: close\r\n");
-            }
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(&r.body);
-        });
-        if !queued {
-            // Pipelining faster than it reads its answers.
-            self.close(key, CloseReason::SlowConsumer);
-            return None;
-        }
-        match close {
-            Some(reason) => {
-                self.close_after_flush(key, reason);
-                None
-            }
-            None => Some(()),
-        }
-    }
+fn stats(api: &mut Api, _: &Request) -> Response {
+    Response::json(200, json!((api.stats)(api.ctx, api.clients)))
+}
 
-    /// Tells a client waiting on `Expect: 100-continue` to send its body, once per request.
-    fn send_continue(&mut self, key: usize) -> Option<()> {
-        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-        let conn = &mut self.conns[key];
-        let State::Http { continue_sent } = &mut conn.state else {
-            unreachable!("only HTTP connections parse requests");
-        };
-        if !*continue_sent {
-            *continue_sent = true;
-            if !self.outbox.queue(key, conn, CONTINUE) {
-                self.close(key, CloseReason::SlowConsumer);
-                return None;
-            }
-        }
-        Some(())
-    }
-
-    fn http_host(&mut self, _: &Request) -> Response {
-        let servers = &self.limits.outer_servers;
-        let host = &servers[rand::rng().random_range(0..servers.len())];
-        Response::json(200, json!({ "host": host }))
-    }
-
-    fn http_push(&mut self, request: &Request) -> Response {
-        let body: PushBody = match parse_json(request.body) {
-            Ok(body) => body,
-            Err(e) => return self.refuse(&format!("bad JSON: {e}")),
-        };
-        let uids: Vec<Cow<str>> = match (body.uid, body.uids) {
-            (Some(uid), None) => vec![uid],
-            (None, Some(uids)) => uids,
-            (Some(_), Some(_)) => return self.refuse("give uid or uids, not both"),
-            (None, None) => return self.refuse("uid or uids is required"),
-        };
-        if uids.is_empty() || uids.iter().any(|u| u.is_empty()) {
-            return self.refuse("uids must be non-empty strings");
-        }
-        let uri = body.uri.unwrap_or_default();
-        if let Err(e) = uri::check_push_uri(&uri) {
-            return self.refuse(&e.to_string());
-        }
-        let delivered = self.push(&uids, &uri, &body.body.unwrap_or_default());
-        Response::json(200, json!({ "delivered": delivered }))
-    }
-
-    fn http_broadcast(&mut self, request: &Request) -> Response {
-        let body: PushBody = match parse_json(request.body) {
-            Ok(body) => body,
-            Err(e) => return self.refuse(&format!("bad JSON: {e}")),
-        };
-        let uri = body.uri.unwrap_or_default();
-        if let Err(e) = uri::check_push_uri(&uri) {
-            return self.refuse(&e.to_string());
-        }
-        let delivered = self.broadcast(&uri, &body.body.unwrap_or_default());
-        Response::json(200, json!({ "delivered": delivered }))
-    }
-
-    /// A push that will not be delivered: counted, and answered 400.
-    fn refuse(&mut self, why: &str) -> Response {
-        self.counters.refused += 1;
-        Response::error(400, why)
-    }
-
-    fn http_online(&mut self, request: &Request) -> Response {
-        let mut uids = Vec::new();
-        for pair in request.query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match (percent_decode(name), percent_decode(value)) {
-                (Some(name), Some(value)) if name == "uid" => uids.push(value),
-                (Some(_), Some(_)) => {}
-                _ => return Response::error(400, "malformed query string"),
-            }
-        }
-        if uids.is_empty() {
-            return Response::error(400, "give at least one uid parameter");
-        }
-        let online: BTreeMap<&str, usize> =
-            uids.iter().map(|u| (u.as_str(), self.online(u))).collect();
-        Response::json(200, json!({ "online": online }))
-    }
-
-    fn http_kick(&mut self, request: &Request) -> Response {
-        let uid = match parse_json::<KickBody>(request.body) {
-            Ok(KickBody { uid: Some(uid) }) if !uid.is_empty() => uid,
-            Ok(_) => return Response::error(400, "uid is required"),
-            Err(e) => return Response::error(400, &format!("bad JSON: {e}")),
-        };
-        let closed = self.kick(&uid);
-        Response::json(200, json!({ "closed": closed }))
-    }
-
-    fn http_stats(&mut self, _: &Request) -> Response {
-        Response::json(200, json!(self.stats()))
-    }
-
-    fn http_metrics(&mut self, _: &Request) -> Response {
-        Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4",
-            body: self.stats().to_prometheus().into_bytes(),
-            allow: None,
-        }
+fn metrics(api: &mut Api, _: &Request) -> Response {
+    Response {
+        status: 200,
+        content_type: "text/plain; version=0.0.4",
+        body: (api.stats)(api.ctx, api.clients)
+            .to_prometheus()
+            .into_bytes(),
+        allow: None,
+        head_only: false,
     }
 }
 
@@ -433,7 +590,7 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
 }
 
 /// Decodes `%XX` escapes and `+` (a space in query strings); `None` if malformed or not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub fn percent_decode(s: &str) -> Option<String> {
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
     while let Some(b) = bytes.next() {
@@ -465,10 +622,10 @@ mod tests {
     fn parses_a_get_with_query_and_keep_alive() {
         let r = complete(b"GET /plex/v1/online?uid=7&uid=8 HTTP/1.1\r\nHost: x\r\n\r\nGET /next");
         assert_eq!(
-            (r.method, r.path, r.query),
+            (r.head.method, r.head.path, r.head.query),
             ("GET", "/plex/v1/online", "uid=7&uid=8")
         );
-        assert!(r.keep_alive);
+        assert!(r.head.keep_alive);
         assert_eq!(r.len, 53);
     }
 
@@ -478,25 +635,39 @@ mod tests {
             b"POST /p HTTP/1.1\r\nContent-Length: 5\r\nAuthorization: Bearer k\r\n\r\nhelloEXTRA";
         let r = complete(input);
         assert_eq!(r.body, b"hello");
-        assert_eq!(r.authorization, Some(&b"Bearer k"[..]));
+        assert_eq!(r.head.authorization, Some(&b"Bearer k"[..]));
         assert_eq!(r.len, input.len() - 5);
     }
 
     #[test]
-    fn any_prefix_is_partial_until_the_body_is_complete() {
+    fn the_head_is_known_before_the_body_arrives() {
         let input = b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
         for cut in 0..input.len() {
-            assert!(
-                matches!(parse_request(&input[..cut], 1024), Parsed::Partial { .. }),
-                "cut at {cut}"
-            );
+            match parse_request(&input[..cut], 1024) {
+                Parsed::Partial(None) => assert!(cut < input.len() - 5, "cut at {cut}"),
+                Parsed::Partial(Some(head)) => {
+                    assert!(cut >= input.len() - 5, "cut at {cut}");
+                    assert_eq!((head.path, head.content_length), ("/p", 5));
+                }
+                other => panic!("cut at {cut}: {other:?}"),
+            }
         }
     }
 
     #[test]
+    fn duplicate_authorization_headers_are_refused() {
+        let input = b"GET / HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n";
+        assert!(matches!(parse_request(input, 10), Parsed::Invalid(400, _)));
+    }
+
+    #[test]
     fn connection_close_and_http_1_0_do_not_keep_alive() {
-        assert!(!complete(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").keep_alive);
-        assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(
+            !complete(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n")
+                .head
+                .keep_alive
+        );
+        assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").head.keep_alive);
     }
 
     #[test]
@@ -531,14 +702,15 @@ mod tests {
     }
 
     #[test]
-    fn expect_continue_is_reported_while_the_body_is_missing() {
+    fn expect_continue_is_read_from_the_head() {
         let head = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n";
-        assert_eq!(
+        assert!(matches!(
             parse_request(head, 10),
-            Parsed::Partial {
-                expects_continue: true
-            }
-        );
+            Parsed::Partial(Some(Head {
+                expects_continue: true,
+                ..
+            }))
+        ));
     }
 
     #[test]
@@ -548,5 +720,13 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
         assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdates() {
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(http_date(1_795_910_400), "Sun, 29 Nov 2026 00:00:00 GMT");
     }
 }
