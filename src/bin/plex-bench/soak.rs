@@ -61,7 +61,7 @@ pub fn run(o: &Options) -> io::Result<()> {
                 pusher.sent(),
                 fleet.received()
             );
-            next_sample += o.sample;
+            next_sample += o.sample.unwrap_or(Duration::from_secs(30));
         }
         if now.duration_since(start) >= duration {
             break;
