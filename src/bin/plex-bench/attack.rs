@@ -421,7 +421,7 @@ fn stalled_header(order: ByteOrder) -> [u8; 2] {
 /// plausible headers over random payloads.
 fn garbage(n: u64, order: ByteOrder, max_frame: u32) -> Vec<u8> {
     let mut out = Vec::new();
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         out.resize(rand::random_range(1..=256), 0);
         rand::fill(&mut out[..]);
         return out;

@@ -12,13 +12,15 @@ use mio::event::Event;
 
 use crate::attack::{Attack, Kind, Tally, Target};
 use crate::fleet::{Driver, Fleet, STALL};
-use crate::pusher::{Pace, Plan, Pusher, Route};
+use crate::pusher::Pusher;
 use crate::report::{self, Run};
 use crate::{Options, proc};
 
 /// How often the server's pid is looked up to notice that it exited.
 const EXIT_CHECK: Duration = Duration::from_millis(100);
-/// After the server exited, how long the users may take to read what it had sent them.
+/// After the server exited, how long the users may take to read what it had sent them; and
+/// after it closed every good connection, how long it may take to exit (a panicking server
+/// closes its sockets while it unwinds, and only then exits).
 const DRAIN: Duration = Duration::from_secs(1);
 
 pub fn run(o: &Options) -> io::Result<()> {
@@ -69,23 +71,8 @@ fn one_run(o: &Options, rate: f64) -> io::Result<(report::Figures, bool)> {
     let (mut fleet, _) = Fleet::connect(o.fleet(o.server(), true))?;
     let rss_users = rss();
     let total = (rate * o.seconds as f64) as u64;
-    let plan = Plan {
-        total,
-        users: o.conns,
-        fanout: 1,
-        body_bytes: o.body_bytes,
-        pace: Pace::Rate(rate),
-    };
-    let pusher = Pusher::connect(
-        Route::InnerTcp,
-        o.server(),
-        &o.inner_password,
-        o.order,
-        plan,
-        fleet.registry(),
-    )?;
     let mut pusher = Guarded {
-        pusher,
+        pusher: o.steady_pusher(rate, total, fleet.registry())?,
         failure: None,
     };
     let target = Target {
@@ -93,6 +80,7 @@ fn one_run(o: &Options, rate: f64) -> io::Result<(report::Figures, bool)> {
         order: o.order,
         max_frame: o.max_frame,
     };
+    fleet.expect(total);
     let cpu = proc::CpuMeter::start(pid.map(|pid| ("server", pid)))?;
     let attack = Attack::start(target, &o.attack)?;
     println!("  time   VmRSS KiB   users open   pushes sent    received   attack ops   heartbeats");
@@ -130,7 +118,7 @@ fn one_run(o: &Options, rate: f64) -> io::Result<(report::Figures, bool)> {
                 "{:>4.0} s   {:>9}   {:>10}   {:>11}   {:>9}   {:>10}   {:>10}",
                 now.duration_since(start).as_secs_f64(),
                 rss.map_or("-".to_owned(), |b| (b / 1024).to_string()),
-                o.conns - fleet.closed_by_server(),
+                o.conns.saturating_sub(fleet.closed_by_server()),
                 pusher.sent(),
                 fleet.received(),
                 sum(false),
@@ -152,19 +140,18 @@ fn one_run(o: &Options, rate: f64) -> io::Result<(report::Figures, bool)> {
         {
             break;
         }
-        let wake = pusher.pump(fleet.received())?;
-        let next = [wake, Some(next_sample), Some(next_check)]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("two deadlines at least");
-        let timeout = next.saturating_duration_since(Instant::now());
-        fleet.turn(
-            Some(timeout.min(Duration::from_millis(100))),
-            Some(&mut pusher),
-        )?;
+        fleet.step(&mut pusher, next_sample.min(next_check))?;
     }
     let took = start.elapsed();
+    if let Some(pid) = pid.filter(|_| exited.is_none() && fleet.closed_by_server() == o.conns) {
+        let deadline = Instant::now() + DRAIN;
+        while proc::is_running(pid) && Instant::now() < deadline {
+            std::thread::sleep(EXIT_CHECK / 10);
+        }
+        if !proc::is_running(pid) {
+            exited = Some(start.elapsed());
+        }
+    }
     let tallies = attack.stop();
     let rss_end = rss();
     let mut figures = fleet.figures(total);
@@ -193,7 +180,7 @@ fn one_run(o: &Options, rate: f64) -> io::Result<(report::Figures, bool)> {
     }
     match (pid, exited) {
         (Some(pid), Some(at)) => println!(
-            "server: EXITED at {:.1} s (pid {pid} is gone)",
+            "server: EXITED (pid {pid} gone {:.1} s into the run)",
             at.as_secs_f64()
         ),
         (Some(_), None) => {

@@ -24,6 +24,8 @@ use crate::report::{Figures, Latency};
 pub const DRIVER: Token = Token(0);
 /// Setup or a run gives up after this long without progress.
 pub const STALL: Duration = Duration::from_secs(10);
+/// The longest a turn waits for events, so that callers look at their clocks often enough.
+const POLL_CAP: Duration = Duration::from_millis(100);
 /// Linux `EINPROGRESS`: a non-blocking connect under way.
 const EINPROGRESS: i32 = 115;
 /// The largest frame a user accepts: a push may be as large as the server's default limit on
@@ -267,6 +269,25 @@ impl Fleet {
         self.send_heartbeats()
     }
 
+    /// Makes room for the latencies of `expected` messages up front: growing it mid-run would
+    /// stall the thread that reads.
+    pub fn expect(&mut self, expected: u64) {
+        self.tally.latencies_ns.reserve(expected as usize);
+    }
+
+    /// Lets `driver` send what its pace allows, then turns once, waiting at most until the
+    /// driver's next send or `deadline`, whichever comes first.
+    pub fn step<'d>(
+        &mut self,
+        driver: &mut (dyn Driver + 'd),
+        deadline: Instant,
+    ) -> io::Result<()> {
+        let wake = driver.pump(self.tally.count)?;
+        let next = wake.map_or(deadline, |wake| wake.min(deadline));
+        let timeout = next.saturating_duration_since(Instant::now()).min(POLL_CAP);
+        self.turn(Some(timeout), Some(driver))
+    }
+
     /// Runs `driver` (or just listens, when the other end sends by itself) until `expected`
     /// benchmark messages have arrived or nothing has happened for a while.
     pub fn receive<'d>(
@@ -274,19 +295,13 @@ impl Fleet {
         expected: u64,
         mut driver: Option<&mut (dyn Driver + 'd)>,
     ) -> io::Result<()> {
-        // Allocated up front: growing it mid-run would stall the thread that reads.
-        self.tally.latencies_ns.reserve(expected as usize);
+        self.expect(expected);
         let mut progress = ((0, 0), Instant::now());
         while self.tally.count < expected {
-            let wake = match driver.as_deref_mut() {
-                Some(driver) => driver.pump(self.tally.count)?,
-                None => None,
-            };
-            let poll_cap = Duration::from_millis(100);
-            let timeout = wake.map_or(poll_cap, |t| {
-                t.saturating_duration_since(Instant::now()).min(poll_cap)
-            });
-            self.turn(Some(timeout), driver.as_deref_mut())?;
+            match driver.as_deref_mut() {
+                Some(driver) => self.step(driver, Instant::now() + POLL_CAP)?,
+                None => self.turn(Some(POLL_CAP), None)?,
+            }
             let now = (self.tally.count, driver.as_deref().map_or(0, |d| d.sent()));
             if now != progress.0 {
                 progress = (now, Instant::now());
@@ -323,6 +338,10 @@ impl Fleet {
 
     fn on_user_event(&mut self, index: usize, event: &Event) -> io::Result<()> {
         let user = &mut self.users[index];
+        if user.phase == Phase::Closed {
+            // Counted once: a reset can follow the end of the stream.
+            return Ok(());
+        }
         if user.phase == Phase::Connecting {
             let connected = is_connected(&user.stream).map_err(|e| {
                 let target = self.config.target;

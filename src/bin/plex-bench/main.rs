@@ -20,6 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use mio::Registry;
 use plex::protocol::ByteOrder;
 
 use fleet::{Fleet, FleetConfig};
@@ -305,6 +306,26 @@ impl Options {
             heartbeat: self.heartbeat,
             order: self.order,
         }
+    }
+
+    /// `total` pushes at `rate` per second round-robin over every user, through one inner
+    /// connection registered on `registry`: the steady traffic of `soak` and `chaos`.
+    fn steady_pusher(&self, rate: f64, total: u64, registry: &Registry) -> std::io::Result<Pusher> {
+        let plan = Plan {
+            total,
+            users: self.conns,
+            fanout: 1,
+            body_bytes: self.body_bytes,
+            pace: Pace::Rate(rate),
+        };
+        Pusher::connect(
+            Route::InnerTcp,
+            self.server(),
+            &self.inner_password,
+            self.order,
+            plan,
+            registry,
+        )
     }
 
     /// Deliveries per message: a broadcast reaches every user.
