@@ -67,14 +67,15 @@ Options:
                             `limit`]
   --body-bytes B            bytes of each message body, >= 20 [100]
   --runs K                  repeat K times and report each run and the median [1]
-  --server-pid P            the server's pid: RSS (density) and CPU use (push, broadcast)
+  --server-pid P            the server's pid: RSS (density, soak, chaos), CPU use (push,
+                            broadcast, chaos) and whether it exited (chaos)
   --hold SECS               density: keep the users alive this long before measuring [10]
   --minutes T               soak: how long [10]
   --churn N                 soak: users that drop their connection and reconnect per second
-                            [1% of --conns]
+                            [1% of --conns]; chaos: attacker connect+auth+close cycles per
+                            second [200]
   --sample SECS             soak, chaos: how often to read the server's RSS [30, 5]
   --seconds S               chaos: how long the good pushes flow [20]
-  --churn N                 chaos: attacker connect+auth+close cycles per second [200]
   --resets N                chaos: connections closed with RST (SO_LINGER 0) per second [200]
   --half-closes N           chaos: authenticated connections half-closed per second [100]
   --stalls N                chaos: connections stopping after 2 header bytes per second [50]
