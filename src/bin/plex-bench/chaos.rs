@@ -204,7 +204,10 @@ fn one_run(o: &Options, rate: f64) -> io::Result<(report::Figures, bool)> {
         (None, _) => {}
     }
     println!("tool: cpu {} (attackers included)", figures.cpu.tool);
-    println!("attackers:");
+    println!(
+        "attackers:{}",
+        if tallies.is_empty() { " none" } else { "" }
+    );
     for tally in &tallies {
         println!("  {tally}");
     }
