@@ -23,7 +23,9 @@ use crate::report::{Figures, Latency};
 /// The driver's socket; users are `Token(index + 1)`.
 pub const DRIVER: Token = Token(0);
 /// Setup or a run gives up after this long without progress.
-const STALL: Duration = Duration::from_secs(10);
+pub const STALL: Duration = Duration::from_secs(10);
+/// The longest a turn waits for events, so that callers look at their clocks often enough.
+const POLL_CAP: Duration = Duration::from_millis(100);
 /// Linux `EINPROGRESS`: a non-blocking connect under way.
 const EINPROGRESS: i32 = 115;
 /// The largest frame a user accepts: a push may be as large as the server's default limit on
@@ -82,7 +84,8 @@ struct Tally {
     closed: usize,
     /// Benchmark messages received.
     count: u64,
-    /// Earliest send time seen in a body and latest receive time, in Unix nanoseconds.
+    /// Earliest send time seen in a body and latest receive time, in Unix nanoseconds. The
+    /// send time is when the message was due, at a fixed rate (see `schedule`).
     first_sent_ns: u64,
     last_received_ns: u64,
     latencies_ns: Vec<u64>,
@@ -114,15 +117,7 @@ impl Fleet {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
             users: Vec::with_capacity(config.conns),
-            tally: Tally {
-                decoder: Decoder::new(config.order, MAX_FRAME),
-                ready: 0,
-                closed: 0,
-                count: 0,
-                first_sent_ns: u64::MAX,
-                last_received_ns: 0,
-                latencies_ns: Vec::new(),
-            },
+            tally: Tally::new(config.order),
             config,
             scratch: vec![0; 64 * 1024],
             heartbeat,
@@ -274,6 +269,25 @@ impl Fleet {
         self.send_heartbeats()
     }
 
+    /// Makes room for the latencies of `expected` messages up front: growing it mid-run would
+    /// stall the thread that reads.
+    pub fn expect(&mut self, expected: u64) {
+        self.tally.latencies_ns.reserve(expected as usize);
+    }
+
+    /// Lets `driver` send what its pace allows, then turns once, waiting at most until the
+    /// driver's next send or `deadline`, whichever comes first.
+    pub fn step<'d>(
+        &mut self,
+        driver: &mut (dyn Driver + 'd),
+        deadline: Instant,
+    ) -> io::Result<()> {
+        let wake = driver.pump(self.tally.count)?;
+        let next = wake.map_or(deadline, |wake| wake.min(deadline));
+        let timeout = next.saturating_duration_since(Instant::now()).min(POLL_CAP);
+        self.turn(Some(timeout), Some(driver))
+    }
+
     /// Runs `driver` (or just listens, when the other end sends by itself) until `expected`
     /// benchmark messages have arrived or nothing has happened for a while.
     pub fn receive<'d>(
@@ -281,19 +295,13 @@ impl Fleet {
         expected: u64,
         mut driver: Option<&mut (dyn Driver + 'd)>,
     ) -> io::Result<()> {
-        // Allocated up front: growing it mid-run would stall the thread that reads.
-        self.tally.latencies_ns.reserve(expected as usize);
+        self.expect(expected);
         let mut progress = ((0, 0), Instant::now());
         while self.tally.count < expected {
-            let wake = match driver.as_deref_mut() {
-                Some(driver) => driver.pump(self.tally.count)?,
-                None => None,
-            };
-            let poll_cap = Duration::from_millis(100);
-            let timeout = wake.map_or(poll_cap, |t| {
-                t.saturating_duration_since(Instant::now()).min(poll_cap)
-            });
-            self.turn(Some(timeout), driver.as_deref_mut())?;
+            match driver.as_deref_mut() {
+                Some(driver) => self.step(driver, Instant::now() + POLL_CAP)?,
+                None => self.turn(Some(POLL_CAP), None)?,
+            }
             let now = (self.tally.count, driver.as_deref().map_or(0, |d| d.sent()));
             if now != progress.0 {
                 progress = (now, Instant::now());
@@ -330,6 +338,10 @@ impl Fleet {
 
     fn on_user_event(&mut self, index: usize, event: &Event) -> io::Result<()> {
         let user = &mut self.users[index];
+        if user.phase == Phase::Closed {
+            // Counted once: a reset can follow the end of the stream.
+            return Ok(());
+        }
         if user.phase == Phase::Connecting {
             let connected = is_connected(&user.stream).map_err(|e| {
                 let target = self.config.target;
@@ -417,6 +429,12 @@ impl Fleet {
                     Ok(_) => {}
                     // A user too far behind to take 20 bytes: the next round will do.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // The server closed it (or died): reading it tells, and counts it.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                        ) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -426,6 +444,18 @@ impl Fleet {
 }
 
 impl Tally {
+    fn new(order: ByteOrder) -> Tally {
+        Tally {
+            decoder: Decoder::new(order, MAX_FRAME),
+            ready: 0,
+            closed: 0,
+            count: 0,
+            first_sent_ns: u64::MAX,
+            last_received_ns: 0,
+            latencies_ns: Vec::new(),
+        }
+    }
+
     /// Handles the complete frames at the start of `bytes`; returns how many bytes they took.
     fn frames(&mut self, phase: &mut Phase, bytes: &[u8], received_ns: u64) -> io::Result<usize> {
         let mut frames = self.decoder.frames(bytes);
@@ -470,5 +500,36 @@ fn is_connected(stream: &TcpStream) -> io::Result<bool> {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Schedule;
+
+    #[test]
+    fn a_stall_counts_as_latency_for_every_message_due_during_it() {
+        // 1,000 messages/s. The sender stalls for 100 ms after message 99: messages 100 to 199,
+        // due during the stall, go out together with message 200 when it ends. Each arrives
+        // 50 us after it was written.
+        let schedule = Schedule::starting(Instant::now(), 1_000_000_000_000, 1000.0);
+        let written_ns = |i: u64| schedule.due_ns(if (100..200).contains(&i) { 200 } else { i });
+        let mut tally = Tally::new(ByteOrder::Big);
+        let mut phase = Phase::Ready;
+        let (mut body, mut frame) = (String::new(), Vec::new());
+        for i in 0..300 {
+            payload::stamp_body(&mut body, schedule.due_ns(i), 100);
+            frame.clear();
+            encode_message(&mut frame, ByteOrder::Big, 0, payload::BENCH_URI, &body);
+            let used = tally.frames(&mut phase, &frame, written_ns(i) + 50_000);
+            assert_eq!(used.unwrap(), frame.len());
+        }
+        assert_eq!(tally.count, 300);
+        let l = Latency::of(&mut tally.latencies_ns).unwrap();
+        // 200 messages on time; the 100 due during the stall waited 1 to 100 ms for its end.
+        // Counted from when they were written, all 300 would show 0.05 ms.
+        assert_eq!((l.p50, l.p90, l.p99), (50_000, 70_050_000, 97_050_000));
+        assert_eq!(l.max, 100_050_000);
     }
 }

@@ -8,7 +8,7 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -20,6 +20,7 @@ use crate::fleet::Fleet;
 use crate::payload;
 use crate::proc::CpuMeter;
 use crate::report::Figures;
+use crate::schedule::Schedule;
 
 /// Listen backlog of the writer: as deep as the server's default, so connects never stall.
 const BACKLOG: i32 = 1024;
@@ -83,7 +84,8 @@ impl Drop for Writer {
 
 /// The `limit-writer` command: accepts `--conns` connections, waits for a line on stdin, then
 /// writes `--msgs` push-sized frames round-robin, one `write` per frame, as fast as it can
-/// or at `--rate` (the latency of loopback itself at that load).
+/// or at `--rate` (the latency of loopback itself at that load, counted from the schedule as
+/// for the server).
 pub fn writer_main(o: &Options) -> io::Result<()> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.bind(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0).into())?;
@@ -105,13 +107,17 @@ pub fn writer_main(o: &Options) -> io::Result<()> {
     let mut seq = SeqClock::default();
     let mut body = String::new();
     let mut frame = Vec::new();
-    let started = Instant::now();
+    let schedule = o.rate.map(Schedule::start);
     for i in 0..o.msgs {
-        if let Some(rate) = o.rate {
-            let due = started + Duration::from_secs_f64(i as f64 / rate);
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
-        payload::stamp_body(&mut body, o.body_bytes);
+        // At a rate, each frame carries the time it was due: latency counts from the schedule.
+        let sent_ns = match schedule {
+            Some(schedule) => {
+                std::thread::sleep(schedule.due(i).saturating_duration_since(Instant::now()));
+                schedule.due_ns(i)
+            }
+            None => payload::now_ns(),
+        };
+        payload::stamp_body(&mut body, sent_ns, o.body_bytes);
         frame.clear();
         let now_ms = (payload::now_ns() / 1_000_000) as i64;
         encode_message(

@@ -1,8 +1,11 @@
 //! `plex-bench`: drives a running `plex-server` over loopback and turns our performance claims
 //! into numbers: connection density, connect+auth rate, push and broadcast throughput with
 //! latency, each throughput set against the physical limit of this machine measured in the
-//! same run (see BENCHMARKS.md). One thread drives every client socket through one mio `Poll`.
+//! same run (see BENCHMARKS.md), and the service good users get while attackers misbehave.
+//! One thread drives every good client socket through one mio `Poll`.
 
+mod attack;
+mod chaos;
 mod fleet;
 mod http;
 mod limit;
@@ -10,12 +13,14 @@ mod payload;
 mod proc;
 mod pusher;
 mod report;
+mod schedule;
 mod soak;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use mio::Registry;
 use plex::protocol::ByteOrder;
 
 use fleet::{Fleet, FleetConfig};
@@ -40,6 +45,13 @@ Commands:
                                      N users online for T minutes while --churn of them
                                      reconnect every second and pushes flow at --rate;
                                      the server's RSS every --sample seconds must level off
+  chaos [--conns N] [--rate R] [--seconds S] [--server-pid P]
+                                     N good users [2000] receive R pushes/s [2000] over one
+                                     inner connection for S seconds while attackers (each
+                                     kind on its own thread) misbehave against the same
+                                     server; reports lost pushes and their latency, what each
+                                     attacker did, the server's CPU and RSS, and whether the
+                                     server exited
   limit-writer                       (internal) the writing end of `limit`, started by the tool
 
 Options:
@@ -47,18 +59,35 @@ Options:
   --msgs M                  messages to push (broadcasts for `broadcast`)
   --via tcp|http            push over an inner TCP connection or the HTTP API [tcp]
   --rate R                  send R msgs/s instead of flat out, for the latency at a fixed
-                            load; the limit's writer then writes at the same rate
+                            load; the limit's writer then writes at the same rate. Latency
+                            then counts from the time each message was due, not from when
+                            it was written: a stall shows in every message due during it
   --window W                flat out: at most W deliveries in flight [--conns, so that no
                             user has two messages in flight: one write per frame, as in
                             `limit`]
   --body-bytes B            bytes of each message body, >= 20 [100]
   --runs K                  repeat K times and report each run and the median [1]
-  --server-pid P            the server's pid: RSS (density) and CPU use (push, broadcast)
+  --server-pid P            the server's pid: RSS (density, soak, chaos), CPU use (push,
+                            broadcast, chaos) and whether it exited (chaos)
   --hold SECS               density: keep the users alive this long before measuring [10]
   --minutes T               soak: how long [10]
   --churn N                 soak: users that drop their connection and reconnect per second
-                            [1% of --conns]
-  --sample SECS             soak: how often to read the server's RSS [30]
+                            [1% of --conns]; chaos: attacker connect+auth+close cycles per
+                            second [200]
+  --sample SECS             soak, chaos: how often to read the server's RSS [30, 5]
+  --seconds S               chaos: how long the good pushes flow [20]
+  --resets N                chaos: connections closed with RST (SO_LINGER 0) per second [200]
+  --half-closes N           chaos: authenticated connections half-closed per second [100]
+  --stalls N                chaos: connections stopping after 2 header bytes per second [50]
+  --oversized N             chaos: headers announcing --max-frame-size + 1 per second [100]
+  --garbage N               chaos: connections sending random bytes or plausible headers
+                            over random payloads per second [200]
+  --flooders N              chaos: authenticated clients that flood heartbeats and never
+                            read [50, at most 500]
+  --flood-rate H            chaos: heartbeats per second each flooder writes [10000]
+                            (0 for any of these turns that attacker off; a kind holds at
+                            most 200 sockets open at once)
+  --max-frame-size B        chaos: the server's MaxFrameSize [65536]
   --heartbeat SECS          each user sends /heartbeat this often [30]
   --concurrency C           connections connecting or authenticating at once [512]
   --sources K               spread client sockets over source addresses 127.0.0.1..K [8]
@@ -78,6 +107,7 @@ enum Command {
     Limit,
     LimitWriter,
     Soak,
+    Chaos,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,9 +131,13 @@ pub struct Options {
     server_pid: Option<u32>,
     hold: Duration,
     minutes: u64,
-    /// `None`: 1% of the users.
+    /// `None`: 1% of the users (soak), the attack's default (chaos).
     churn: Option<usize>,
-    sample: Duration,
+    /// `None`: the command's default.
+    sample: Option<Duration>,
+    seconds: u64,
+    attack: attack::Intensity,
+    max_frame: u32,
     heartbeat: Duration,
     concurrency: usize,
     sources: u8,
@@ -126,6 +160,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         Some("limit") => Command::Limit,
         Some("limit-writer") => Command::LimitWriter,
         Some("soak") => Command::Soak,
+        Some("chaos") => Command::Chaos,
         Some(other) => return Err(format!("unknown command {other:?} (see --help)")),
     };
     let mut o = Options {
@@ -141,7 +176,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         hold: Duration::from_secs(10),
         minutes: 10,
         churn: None,
-        sample: Duration::from_secs(30),
+        sample: None,
+        seconds: 20,
+        attack: attack::Intensity::default(),
+        max_frame: plex::config::Config::default().max_frame_size,
         heartbeat: Duration::from_secs(30),
         concurrency: 512,
         sources: 8,
@@ -175,6 +213,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         };
         let bad = || format!("{name}: {value:?} is not valid");
         let number = |v: &str| v.parse::<u64>().map_err(|_| bad());
+        let per_second = |v: &str| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r >= 0.0)
+                .ok_or_else(bad)
+        };
         match name.as_str() {
             "--conns" => o.conns = number(&value)? as usize,
             "--msgs" => o.msgs = number(&value)?,
@@ -199,7 +243,18 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             "--hold" => o.hold = Duration::from_secs(number(&value)?),
             "--minutes" => o.minutes = number(&value)?.max(1),
             "--churn" => o.churn = Some(number(&value)? as usize),
-            "--sample" => o.sample = Duration::from_secs(number(&value)?.max(1)),
+            "--sample" => o.sample = Some(Duration::from_secs(number(&value)?.max(1))),
+            "--seconds" => o.seconds = number(&value)?.max(1),
+            "--resets" => o.attack.resets = per_second(&value)?,
+            "--half-closes" => o.attack.half_closes = per_second(&value)?,
+            "--stalls" => o.attack.stalls = per_second(&value)?,
+            "--oversized" => o.attack.oversized = per_second(&value)?,
+            "--garbage" => o.attack.garbage = per_second(&value)?,
+            "--flooders" => o.attack.flooders = number(&value)? as usize,
+            "--flood-rate" => o.attack.flood_rate = per_second(&value)?,
+            "--max-frame-size" => {
+                o.max_frame = value.parse().ok().filter(|&b| b > 0).ok_or_else(bad)?
+            }
             "--heartbeat" => o.heartbeat = Duration::from_secs(number(&value)?.max(1)),
             "--concurrency" => o.concurrency = number(&value)?.max(1) as usize,
             "--sources" => o.sources = value.parse().ok().filter(|&k| k > 0).ok_or_else(bad)?,
@@ -210,11 +265,23 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             _ => return Err(format!("unknown option {arg:?} (see --help)")),
         }
     }
+    if o.command == Command::Chaos {
+        if o.conns == 0 {
+            o.conns = 2000;
+        }
+        o.rate.get_or_insert(2000.0);
+        if let Some(churn) = o.churn {
+            o.attack.churn = churn as f64;
+        }
+        if o.attack.flooders > attack::MAX_FLOODERS {
+            return Err(format!("--flooders: at most {}", attack::MAX_FLOODERS));
+        }
+    }
     if o.conns == 0 {
         return Err("--conns is required".into());
     }
     let measures_memory = matches!(o.command, Command::Density | Command::Soak);
-    if o.msgs == 0 && !measures_memory {
+    if o.msgs == 0 && !measures_memory && o.command != Command::Chaos {
         return Err("--msgs is required".into());
     }
     if measures_memory && o.server_pid.is_none() {
@@ -240,6 +307,26 @@ impl Options {
             heartbeat: self.heartbeat,
             order: self.order,
         }
+    }
+
+    /// `total` pushes at `rate` per second round-robin over every user, through one inner
+    /// connection registered on `registry`: the steady traffic of `soak` and `chaos`.
+    fn steady_pusher(&self, rate: f64, total: u64, registry: &Registry) -> std::io::Result<Pusher> {
+        let plan = Plan {
+            total,
+            users: self.conns,
+            fanout: 1,
+            body_bytes: self.body_bytes,
+            pace: Pace::Rate(rate),
+        };
+        Pusher::connect(
+            Route::InnerTcp,
+            self.server(),
+            &self.inner_password,
+            self.order,
+            plan,
+            registry,
+        )
     }
 
     /// Deliveries per message: a broadcast reaches every user.
@@ -278,6 +365,7 @@ fn main() -> ExitCode {
         Command::Push | Command::Broadcast | Command::Limit => throughput(&options),
         Command::LimitWriter => limit::writer_main(&options),
         Command::Soak => soak::run(&options),
+        Command::Chaos => chaos::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -348,22 +436,28 @@ fn throughput(o: &Options) -> std::io::Result<()> {
         "{what}: {} users, {} {unit} with {}-byte bodies, {pace}",
         o.conns, o.msgs, o.body_bytes
     );
+    println!("{}", report::latency_clock(o.rate.is_some()));
+    println!("{}", report::table_head());
     let mut runs = Vec::new();
     for i in 1..=o.runs {
         let limit = limit::measure(o)?;
-        println!("run {i}:\n  limit:  {limit}");
         let target = match o.command {
             Command::Limit => None,
             _ => Some(through_server(o)?),
         };
-        let run = Run { limit, target };
-        if let (Some(target), Some(fraction)) = (&run.target, run.fraction()) {
-            println!("  server: {target}\n  server/limit: {fraction:.2}");
+        let run = Run {
+            limit: Some(limit),
+            target,
+        };
+        for row in run.rows(&i.to_string()) {
+            println!("{row}");
         }
         runs.push(run);
     }
     if o.runs > 1 {
-        println!("median of {}: {}", o.runs, Run::median(&runs));
+        for row in Run::median(&runs).rows() {
+            println!("{row}");
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! What the benchmark sends: messages with uri `/bench` whose body starts with the send time,
-//! so that the receiving user can tell the latency, padded to the requested size; and the uid
-//! of each simulated user.
+//! What the benchmark sends: messages with uri `/bench` whose body starts with the time the
+//! message was sent or, at a fixed rate, was due to be sent (see `schedule`), so that the
+//! receiving user can tell the latency, padded to the requested size; and the uid of each
+//! simulated user.
 
 use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,11 +26,11 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Writes a body of exactly `bytes` bytes carrying the current time into `out`.
-pub fn stamp_body(out: &mut String, bytes: usize) {
+/// Writes a body of exactly `bytes` bytes carrying `sent_ns` (Unix nanoseconds) into `out`.
+pub fn stamp_body(out: &mut String, sent_ns: u64, bytes: usize) {
     use std::fmt::Write;
     out.clear();
-    write!(out, "{:0width$}", now_ns(), width = STAMP_DIGITS).expect("writing to a String");
+    write!(out, "{sent_ns:0width$}", width = STAMP_DIGITS).expect("writing to a String");
     out.extend(std::iter::repeat_n('x', bytes.saturating_sub(STAMP_DIGITS)));
 }
 
@@ -51,14 +52,14 @@ mod tests {
 
     #[test]
     fn a_body_has_the_requested_size_and_carries_its_send_time() {
-        let before = now_ns();
+        let now = now_ns();
         let mut body = String::new();
-        stamp_body(&mut body, 100);
+        stamp_body(&mut body, now, 100);
         assert_eq!(body.len(), 100);
-        let sent = sent_ns(&body).unwrap();
-        assert!(sent >= before && sent <= now_ns());
-        stamp_body(&mut body, MIN_BODY_BYTES);
+        assert_eq!(sent_ns(&body).unwrap(), now);
+        stamp_body(&mut body, 42, MIN_BODY_BYTES);
         assert_eq!(body.len(), MIN_BODY_BYTES);
+        assert_eq!(sent_ns(&body).unwrap(), 42);
         assert!(sent_ns("no time here").is_err());
     }
 }

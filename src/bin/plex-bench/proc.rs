@@ -36,15 +36,25 @@ fn status_field(pid: u32, name: &str) -> io::Result<String> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no {name} in status")))
 }
 
-/// User plus system CPU time of process `pid` (all its threads).
-fn cpu_time(pid: u32) -> io::Result<Duration> {
+/// The fields of `/proc/<pid>/stat` after the command name: the state first.
+fn stat_fields(pid: u32) -> io::Result<Vec<String>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    // The command name (field 2) may hold spaces; the fields after it are plain words.
     let after_name = stat
         .rsplit_once(')')
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad /proc stat"))?
         .1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    Ok(after_name.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Whether process `pid` still runs: it exists and is not a zombie waiting to be reaped.
+pub fn is_running(pid: u32) -> bool {
+    stat_fields(pid).is_ok_and(|fields| fields.first().is_some_and(|s| s != "Z" && s != "X"))
+}
+
+/// User plus system CPU time of process `pid` (all its threads).
+fn cpu_time(pid: u32) -> io::Result<Duration> {
+    let fields = stat_fields(pid)?;
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
     let ticks: u64 = fields
         .get(11..13)
@@ -68,7 +78,7 @@ pub struct Share {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CpuUse {
     pub tool: Share,
-    /// The other process's label and share, when its pid is known.
+    /// The other process's label and share, when its pid is known and it has not vanished.
     pub other: Option<(&'static str, Share)>,
 }
 
@@ -118,10 +128,11 @@ impl CpuMeter {
         let wall = self.started.elapsed().as_secs_f64();
         Ok(CpuUse {
             tool: self.tool.share_since(wall)?,
-            other: match &self.other {
-                Some((label, mark)) => Some((label, mark.share_since(wall)?)),
-                None => None,
-            },
+            // A server that died and was reaped has no share to tell; `chaos` reports its exit.
+            other: self
+                .other
+                .as_ref()
+                .and_then(|(label, mark)| Some((*label, mark.share_since(wall).ok()?))),
         })
     }
 }

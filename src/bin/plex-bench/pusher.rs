@@ -1,7 +1,8 @@
 //! The sending side of `push` and `broadcast`, run on the fleet's thread as its driver: one
 //! connection to the server (an inner TCP connection, or the HTTP API with pipelined
-//! requests) carrying benchmark messages round-robin over the users' uids, stamped with their
-//! send time, either flat out within a window of deliveries in flight or at a fixed rate.
+//! requests) carrying benchmark messages round-robin over the users' uids, either flat out
+//! within a window of deliveries in flight, stamped with the moment they are written, or at a
+//! fixed rate, stamped with the moment they were due (see `schedule`).
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use plex::protocol::message::encode_message;
 use plex::protocol::{ByteOrder, PushRequest, uri};
 
 use crate::fleet::{DRIVER, Driver};
+use crate::schedule::Schedule;
 use crate::{http, payload};
 
 /// Encoded output kept ahead of the socket: enough to amortise `write` calls, small enough
@@ -70,7 +72,8 @@ pub struct Pusher {
     order: ByteOrder,
     plan: Plan,
     sent: u64,
-    started: Option<Instant>,
+    /// At a fixed rate: when each message is due, from the first `pump` on.
+    schedule: Option<Schedule>,
     /// Encoded messages; `out[..written]` already went out.
     out: Vec<u8>,
     written: usize,
@@ -125,7 +128,7 @@ impl Pusher {
             order,
             plan,
             sent: 0,
-            started: None,
+            schedule: None,
             out: Vec::with_capacity(2 * OUT_CAP),
             written: 0,
             input: Vec::new(),
@@ -152,7 +155,11 @@ impl Pusher {
 
     fn encode_next(&mut self) {
         let uid = payload::uid((self.sent % self.plan.users as u64) as usize);
-        payload::stamp_body(&mut self.body, self.plan.body_bytes);
+        let sent_ns = match &self.schedule {
+            Some(schedule) => schedule.due_ns(self.sent),
+            None => payload::now_ns(),
+        };
+        payload::stamp_body(&mut self.body, sent_ns, self.plan.body_bytes);
         let push = || {
             PushRequest {
                 uid: uid.as_str().into(),
@@ -261,13 +268,15 @@ impl Driver for Pusher {
     }
 
     fn pump(&mut self, received: u64) -> io::Result<Option<Instant>> {
-        let started = *self.started.get_or_insert_with(Instant::now);
         let allowed = match self.plan.pace {
             // Always at least one message in flight, whatever the fanout.
             Pace::Window(window) => {
                 ((received + window) / self.plan.fanout).max(received / self.plan.fanout + 1)
             }
-            Pace::Rate(rate) => (started.elapsed().as_secs_f64() * rate) as u64 + 1,
+            Pace::Rate(rate) => self
+                .schedule
+                .get_or_insert_with(|| Schedule::start(rate))
+                .due_by(Instant::now()),
         }
         .min(self.plan.total);
         if self.written > 0 {
@@ -279,10 +288,8 @@ impl Driver for Pusher {
             self.sent += 1;
         }
         self.flush()?;
-        Ok(match self.plan.pace {
-            Pace::Rate(rate) if self.sent < self.plan.total => {
-                Some(started + Duration::from_secs_f64(self.sent as f64 / rate))
-            }
+        Ok(match &self.schedule {
+            Some(schedule) if self.sent < self.plan.total => Some(schedule.due(self.sent)),
             _ => None,
         })
     }

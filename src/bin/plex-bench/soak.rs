@@ -8,7 +8,6 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::fleet::{Driver, Fleet};
-use crate::pusher::{Pace, Plan, Pusher, Route};
 use crate::{Options, proc};
 
 pub fn run(o: &Options) -> io::Result<()> {
@@ -18,21 +17,8 @@ pub fn run(o: &Options) -> io::Result<()> {
     let churn = o.churn.unwrap_or(o.conns / 100);
     let before = proc::vm_rss_bytes(pid)?;
     let (mut fleet, _) = Fleet::connect(o.fleet(o.server(), true))?;
-    let plan = Plan {
-        total: (rate * duration.as_secs_f64()) as u64,
-        users: o.conns,
-        fanout: 1,
-        body_bytes: o.body_bytes,
-        pace: Pace::Rate(rate),
-    };
-    let mut pusher = Pusher::connect(
-        Route::InnerTcp,
-        o.server(),
-        &o.inner_password,
-        o.order,
-        plan,
-        fleet.registry(),
-    )?;
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let mut pusher = o.steady_pusher(rate, total, fleet.registry())?;
     println!(
         "soak: {} users for {} min, {} reconnecting every second, {rate} pushes/s; \
          server VmRSS before the users: {} KiB",
@@ -61,7 +47,7 @@ pub fn run(o: &Options) -> io::Result<()> {
                 pusher.sent(),
                 fleet.received()
             );
-            next_sample += o.sample;
+            next_sample += o.sample.unwrap_or(Duration::from_secs(30));
         }
         if now.duration_since(start) >= duration {
             break;
@@ -70,17 +56,7 @@ pub fn run(o: &Options) -> io::Result<()> {
             reconnected += fleet.churn(churn)?;
             next_churn += Duration::from_secs(1);
         }
-        let wake = pusher.pump(fleet.received())?;
-        let next = [Some(next_churn), Some(next_sample), wake]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("two deadlines at least");
-        let timeout = next.saturating_duration_since(Instant::now());
-        fleet.turn(
-            Some(timeout.min(Duration::from_millis(100))),
-            Some(&mut pusher),
-        )?;
+        fleet.step(&mut pusher, next_churn.min(next_sample))?;
     }
 
     // Level off: compare the second half's growth with the first half's.
