@@ -32,7 +32,8 @@ struct Key {
 
 /// A row of [`KEYS`]: `key!(field, "Name", "PLACEHOLDER", "help", alias = .., secret = ..)`.
 macro_rules! key {
-    ($field:ident, $name:literal, $value:literal, $help:literal $(, $opt:ident = $v:expr)* $(,)?) => {
+    ($field:ident, $name:literal, $value:literal, $help:literal
+     $(, $opt:ident = $v:expr)* $(,)?) => {
         Key {
             $($opt: $v,)*
             ..Key {
@@ -130,18 +131,26 @@ fn words(name: &str, separator: char) -> String {
     out
 }
 
-/// The key a command-line flag sets, and whether the flag names the key's secret file.
-fn flag_key(flag: &str) -> Option<(usize, bool)> {
+/// The key that `name` spells in one source (`spell` gives a key's own spelling there), and
+/// whether it names the key's secret file (that spelling and `file_suffix`).
+fn find(name: &str, spell: fn(&str) -> String, file_suffix: &str) -> Option<(usize, bool)> {
     KEYS.iter().enumerate().find_map(|(i, key)| {
-        let own = flag_name(key.name);
-        if flag == own || key.alias == Some(flag) {
+        let own = spell(key.name);
+        if name == own {
             Some((i, false))
-        } else if key.secret && flag.strip_prefix(own.as_str()) == Some("-file") {
-            Some((i, true))
         } else {
-            None
+            (key.secret && name.strip_prefix(own.as_str()) == Some(file_suffix))
+                .then_some((i, true))
         }
     })
+}
+
+/// The key a command-line flag sets, and whether the flag names the key's secret file.
+fn flag_key(flag: &str) -> Option<(usize, bool)> {
+    let alias = KEYS.iter().position(|key| key.alias == Some(flag));
+    alias
+        .map(|i| (i, false))
+        .or_else(|| find(flag, flag_name, "-file"))
 }
 
 /// Whether a flag takes a value (`--port 9578`) or is a switch (`--trace`); `None` for a flag
@@ -265,20 +274,17 @@ fn file_layer(text: &str, source: &str) -> Result<Layer, ConfigError> {
     };
     let mut layer = Layer::new();
     for (name, value) in object {
-        let found = KEYS.iter().enumerate().find_map(|(i, key)| {
-            if name == key.name {
-                Some((i, false))
-            } else {
-                (key.secret && name.strip_prefix(key.name) == Some("File")).then_some((i, true))
-            }
-        });
-        let Some((i, file)) = found else {
+        let Some((i, file)) = find(&name, str::to_owned, "File") else {
             return Err(ConfigError(format!("{source}: unknown key {name:?}")));
         };
         let raw = match (file, value) {
             (false, value) => Raw::Value(value),
             (true, Value::String(path)) => Raw::File(path.into()),
-            (true, _) => return Err(ConfigError(format!("{name} must be a path ({source})"))),
+            (true, _) => {
+                return Err(ConfigError(format!(
+                    "{name} must be a path (from {source})"
+                )));
+            }
         };
         layer.set(i, raw, source.to_owned())?;
     }
