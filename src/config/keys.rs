@@ -339,14 +339,25 @@ fn build(layers: Vec<Layer>) -> Result<Config, ConfigError> {
             key.apply(&mut config, given)?;
         }
     }
+    let is_given = |name: &str| {
+        let i = KEYS.iter().position(|key| key.name == name);
+        i.is_some_and(|i| given[i].is_some())
+    };
     // Unless a source names the mode, the mode's own setting implies it.
-    let auth_mode = KEYS.iter().position(|key| key.name == "AuthMode");
-    if auth_mode.is_some_and(|i| given[i].is_none()) {
+    if !is_given("AuthMode") {
         if config.jwt_secret.is_some() {
             config.auth_mode = AuthMode::Jwt;
         } else if config.auth_url.is_some() {
             config.auth_mode = AuthMode::Webhook;
         }
+    }
+    // A soft limit set above the hard one is a mistake. The default one above a lowered
+    // MaxPendingBytes is not: it never fires, as the hard limit closes first.
+    if is_given("SoftPendingBytes") && config.soft_pending_bytes > config.max_pending_bytes {
+        return Err(ConfigError(format!(
+            "SoftPendingBytes ({}) must be at most MaxPendingBytes ({})",
+            config.soft_pending_bytes, config.max_pending_bytes
+        )));
     }
     Ok(config)
 }
@@ -647,6 +658,19 @@ mod tests {
             "{e}"
         );
         assert!(from_json(r#"{"OuterServers": [1]}"#).is_err());
+    }
+
+    #[test]
+    fn a_soft_limit_set_above_the_hard_one_is_an_error() {
+        let e = from_json(r#"{"SoftPendingBytes": 2048, "MaxPendingBytes": 1024}"#).unwrap_err();
+        assert_eq!(
+            e.0,
+            "SoftPendingBytes (2048) must be at most MaxPendingBytes (1024)"
+        );
+        // Lowering only the hard limit keeps working: the default soft limit never fires.
+        let c = from_json(r#"{"MaxPendingBytes": 65536}"#).unwrap();
+        assert_eq!((c.soft_pending_bytes, c.max_pending_bytes), (262144, 65536));
+        c.validate().unwrap();
     }
 
     #[test]
