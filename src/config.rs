@@ -1,21 +1,21 @@
 //! Server configuration: the PascalCase keys and defaults of the original Go `Config`
-//! (PROTOCOL.md §4), plus our own limits in the same style. A JSON file uses exactly these
-//! names; an unknown key is an error, so that a typo never silently falls back to a default.
+//! (PROTOCOL.md §4), plus our own limits in the same style, and the checks of the settings
+//! against each other. Where values come from (flags, `PLEX_*` environment variables, a JSON
+//! file) is [`keys`]: one row per key there gives its flag, variable and help.
+
+mod keys;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use serde::{Deserialize, Deserializer};
+pub use keys::{flag_takes_value, options_help};
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase", default, deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// TCP listener for clients and inner connections (0: any free port).
-    #[serde(deserialize_with = "port")]
     pub port: u16,
     /// HTTP listener (0: any free port).
-    #[serde(deserialize_with = "port")]
     pub http_port: u16,
     /// Address the TCP listener binds.
     pub bind_address: IpAddr,
@@ -23,7 +23,7 @@ pub struct Config {
     pub http_bind_address: IpAddr,
     /// Public `ip:port` list handed out by `/plex/v1/host`; empty means `127.0.0.1:<Port>`.
     pub outer_servers: Vec<String>,
-    /// Password of inner connections and bearer token of the HTTP API.
+    /// Password of inner connections and bearer token of the HTTP API. A secret.
     pub inner_password: String,
     /// Verbose (trace) logging.
     pub show_trace: bool,
@@ -31,7 +31,9 @@ pub struct Config {
     pub max_connection: usize,
     /// Seconds an unauthenticated connection may live.
     pub auth_timeout: u64,
-    /// Heartbeat interval, in seconds, that clients are expected to use.
+    /// Heartbeat interval, in seconds, that clients are expected to use. Accepted for
+    /// compatibility with the original's config; the server itself only enforces
+    /// `HeartbeatTimeout`.
     pub heartbeat: u64,
     /// Seconds without a frame after which a connection is closed.
     pub heartbeat_timeout: u64,
@@ -45,8 +47,20 @@ pub struct Config {
     pub max_auth_failures: u32,
     /// Malformed frames after which a connection is closed.
     pub max_bad_frames: u32,
-    /// Output a connection may leave unread before it is closed as a slow consumer.
+    /// Output a connection may leave unread before it is closed at once as a slow consumer
+    /// (the hard limit of Redis's `client-output-buffer-limit`).
     pub max_pending_bytes: usize,
+    /// Unread output a connection may hold for at most `SoftPendingSeconds`: a client that
+    /// stays above it longer is closed as a slow consumer (the soft limit of Redis's
+    /// `client-output-buffer-limit`). 0 turns the soft limit off, and so does a value at or
+    /// above `MaxPendingBytes`, which closes first (a config that sets both that way is
+    /// refused as a mistake).
+    pub soft_pending_bytes: usize,
+    /// Seconds a connection may stay above `SoftPendingBytes`.
+    pub soft_pending_seconds: u64,
+    /// `SO_SNDBUF` of accepted client sockets, in bytes, so that a client that never reads
+    /// cannot park megabytes in kernel memory; 0 leaves the kernel's autotuning.
+    pub socket_send_buffer: usize,
     /// Listen backlog of both listeners.
     pub backlog: u32,
     /// Seconds a shutdown waits for pending output to drain before closing anyway.
@@ -57,6 +71,9 @@ pub struct Config {
     pub http_idle_timeout: u64,
     /// Cap on live HTTP connections, separate from `MaxConnection`.
     pub max_http_connections: usize,
+    /// A bearer token that `/metrics` accepts besides `InnerPassword`, so that a scraper
+    /// need not hold the push password. A secret.
+    pub metrics_token: Option<String>,
     /// How client tokens are checked when the embedding code sets no auth function.
     pub auth_mode: AuthMode,
     /// The auth webhook (`AuthMode` `webhook`): `http://host:port/path`.
@@ -65,21 +82,14 @@ pub struct Config {
     pub auth_webhook_connections: usize,
     /// Seconds an auth webhook request may take before the auth is rejected.
     pub auth_webhook_timeout: u64,
-    /// HS256 secret of `AuthMode` `jwt`.
+    /// HS256 secret of `AuthMode` `jwt`. A secret.
     pub jwt_secret: Option<String>,
-    /// Unread output above which a client is closed if it stays there `SoftPendingSeconds`.
-    pub soft_pending_bytes: usize,
-    /// How long a client may stay above `SoftPendingBytes`.
-    pub soft_pending_seconds: u64,
-    /// SO_SNDBUF of accepted client sockets (0: the kernel's autotuning).
-    pub socket_send_buffer: usize,
-    /// A bearer token `/metrics` accepts besides the `InnerPassword`.
-    pub metrics_token: Option<String>,
+    /// How `plex-server` writes its log lines (the library leaves logging to its host).
+    pub log_format: LogFormat,
 }
 
 /// How client tokens are checked.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AuthMode {
     /// The token itself is the uid (the original's demo behaviour): trusts clients.
     #[default]
@@ -88,6 +98,31 @@ pub enum AuthMode {
     Jwt,
     /// The reactor asks the business service at `AuthUrl`.
     Webhook,
+}
+
+impl AuthMode {
+    /// The names a config uses, as written in a file or on the command line.
+    pub const NAMES: [(&'static str, AuthMode); 3] = [
+        ("uid", AuthMode::Uid),
+        ("jwt", AuthMode::Jwt),
+        ("webhook", AuthMode::Webhook),
+    ];
+}
+
+/// The shape of `plex-server`'s log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// env_logger's human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `ts` (RFC 3339, UTC), `level`, `target`, `msg`.
+    Json,
+}
+
+impl LogFormat {
+    /// The names a config uses.
+    pub const NAMES: [(&'static str, LogFormat); 2] =
+        [("text", LogFormat::Text), ("json", LogFormat::Json)];
 }
 
 impl Default for Config {
@@ -110,20 +145,21 @@ impl Default for Config {
             max_auth_failures: 3,
             max_bad_frames: 10,
             max_pending_bytes: 1024 * 1024,
+            soft_pending_bytes: 256 * 1024,
+            soft_pending_seconds: 10,
+            socket_send_buffer: 64 * 1024,
             backlog: 1024,
             shutdown_timeout: 5,
             max_http_body: 1024 * 1024,
             http_idle_timeout: 30,
             max_http_connections: 1024,
+            metrics_token: None,
             auth_mode: AuthMode::Uid,
             auth_url: None,
             auth_webhook_connections: 8,
             auth_webhook_timeout: 5,
             jwt_secret: None,
-            soft_pending_bytes: 256 * 1024,
-            soft_pending_seconds: 10,
-            socket_send_buffer: 64 * 1024,
-            metrics_token: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -144,19 +180,32 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads a JSON config file.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        Config::from_json(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    /// The config of a process: defaults, overridden by the JSON `file`, then by the
+    /// environment (`env` looks a variable up, e.g. `|name| std::env::var(name).ok()`), then
+    /// by the command-line `flags` (`("--port", "9000")`, switches with `"true"`); validated.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let config = keys::load(file, &env, flags)?;
+        config.validate()?;
+        Ok(config)
     }
 
+    /// Reads a JSON config file (not validated).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        keys::load(Some(path), &|_| None, &[])
+    }
+
+    /// Reads the text of a JSON config file (not validated).
     pub fn from_json(text: &str) -> Result<Config, ConfigError> {
-        serde_json::from_str(text).map_err(|e| ConfigError(e.to_string()))
+        keys::from_json(text)
     }
 
     /// Checks the settings against each other; every error names the key to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError(message));
         let positive = [
             ("AuthTimeout", self.auth_timeout),
             ("Heartbeat", self.heartbeat),
@@ -166,6 +215,7 @@ impl Config {
             ("MaxAuthFailures", self.max_auth_failures.into()),
             ("MaxBadFrames", self.max_bad_frames.into()),
             ("MaxPendingBytes", self.max_pending_bytes as u64),
+            ("SoftPendingSeconds", self.soft_pending_seconds),
             ("Backlog", self.backlog.into()),
             ("HttpIdleTimeout", self.http_idle_timeout),
             ("MaxHttpConnections", self.max_http_connections as u64),
@@ -176,89 +226,76 @@ impl Config {
             ("AuthWebhookTimeout", self.auth_webhook_timeout),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(ConfigError(format!("{name} must be greater than 0")));
+            return fail(format!("{name} must be greater than 0"));
         }
         // Timeouts are kept as 32-bit ticks of 100 ms; a year is plenty.
         let year = 365 * 24 * 3600;
         for (name, secs) in [
             ("AuthTimeout", self.auth_timeout),
             ("HeartbeatTimeout", self.heartbeat_timeout),
+            ("SoftPendingSeconds", self.soft_pending_seconds),
             ("ShutdownTimeout", self.shutdown_timeout),
             ("HttpIdleTimeout", self.http_idle_timeout),
             ("AuthWebhookTimeout", self.auth_webhook_timeout),
         ] {
             if secs > year {
-                return Err(ConfigError(format!(
-                    "{name} must be at most {year} seconds"
-                )));
+                return fail(format!("{name} must be at most {year} seconds"));
             }
         }
-        if self.inner_password.is_empty() {
-            return Err(ConfigError("InnerPassword must not be empty".into()));
+        // setsockopt takes a C int.
+        if self.socket_send_buffer > i32::MAX as usize {
+            return fail(format!("SocketSendBuffer must be at most {}", i32::MAX));
+        }
+        for (name, secret) in [
+            ("InnerPassword", Some(&self.inner_password)),
+            ("MetricsToken", self.metrics_token.as_ref()),
+        ] {
+            if secret.is_some_and(|s| s.is_empty()) {
+                return fail(format!("{name} must not be empty"));
+            }
         }
         if let Some(bad) = self.outer_servers.iter().find(|s| !is_host_port(s)) {
-            return Err(ConfigError(format!(
-                "OuterServers entry {bad:?} is not host:port"
-            )));
+            return fail(format!("OuterServers entry {bad:?} is not host:port"));
         }
-        match self.auth_mode {
-            AuthMode::Uid => {}
-            AuthMode::Jwt => {
-                if self.jwt_secret.as_deref().is_none_or(str::is_empty) {
-                    return Err(ConfigError("AuthMode jwt needs a JwtSecret".into()));
-                }
-            }
-            AuthMode::Webhook => {
-                let url = self
-                    .auth_url
-                    .as_deref()
-                    .ok_or_else(|| ConfigError("AuthMode webhook needs an AuthUrl".into()))?;
-                WebhookUrl::parse(url).map_err(|e| ConfigError(format!("AuthUrl: {e}")))?;
-            }
-        }
-        Ok(())
+        self.validate_auth()
     }
 
-    /// The settings in one line for the startup log, secrets masked.
+    /// Each auth mode needs its own setting, and a setting of another mode is a mistake
+    /// rather than something to ignore.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let mode = self.auth_mode;
+        let name = AuthMode::NAMES.iter().find(|(_, m)| *m == mode).unwrap().0;
+        let fail = |message: String| Err(ConfigError(message));
+        if self.jwt_secret.is_some() && mode != AuthMode::Jwt {
+            return fail(format!(
+                "JwtSecret is only used by AuthMode jwt, but AuthMode is {name}"
+            ));
+        }
+        if self.auth_url.is_some() && mode != AuthMode::Webhook {
+            return fail(format!(
+                "AuthUrl is only used by AuthMode webhook, but AuthMode is {name}"
+            ));
+        }
+        match mode {
+            AuthMode::Uid => Ok(()),
+            AuthMode::Jwt if self.jwt_secret.as_deref().is_none_or(str::is_empty) => {
+                fail("AuthMode jwt needs a JwtSecret".into())
+            }
+            AuthMode::Jwt => Ok(()),
+            AuthMode::Webhook => {
+                let Some(url) = self.auth_url.as_deref() else {
+                    return fail("AuthMode webhook needs an AuthUrl".into());
+                };
+                WebhookUrl::parse(url).map_err(|e| ConfigError(format!("AuthUrl: {e}")))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The settings in one line (`Port=9578 HttpPort=9579 ...`), secrets masked: for the
+    /// startup log and `--check-config`.
     pub fn summary(&self) -> String {
-        format!(
-            "Port={} HttpPort={} BindAddress={} HttpBindAddress={} OuterServers={:?} \
-             InnerPassword=*** ShowTrace={} MaxConnection={} AuthTimeout={}s Heartbeat={}s \
-             HeartbeatTimeout={}s LittleEndian={} MaxFrameSize={} MaxInnerFrameSize={} \
-             MaxAuthFailures={} MaxBadFrames={} MaxPendingBytes={} Backlog={} ShutdownTimeout={}s \
-             MaxHttpBody={} HttpIdleTimeout={}s MaxHttpConnections={} AuthMode={:?} \
-             AuthUrl={:?} AuthWebhookConnections={} AuthWebhookTimeout={}s JwtSecret={}",
-            self.port,
-            self.http_port,
-            self.bind_address,
-            self.http_bind_address,
-            self.outer_servers,
-            self.show_trace,
-            self.max_connection,
-            self.auth_timeout,
-            self.heartbeat,
-            self.heartbeat_timeout,
-            self.little_endian,
-            self.max_frame_size,
-            self.max_inner_frame_size,
-            self.max_auth_failures,
-            self.max_bad_frames,
-            self.max_pending_bytes,
-            self.backlog,
-            self.shutdown_timeout,
-            self.max_http_body,
-            self.http_idle_timeout,
-            self.max_http_connections,
-            self.auth_mode,
-            self.auth_url,
-            self.auth_webhook_connections,
-            self.auth_webhook_timeout,
-            if self.jwt_secret.is_some() {
-                "***"
-            } else {
-                "none"
-            },
-        )
+        keys::summary(self)
     }
 }
 
@@ -299,22 +336,6 @@ impl WebhookUrl {
 
 fn is_host_port(s: &str) -> bool {
     matches!(s.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok())
-}
-
-/// Ports may be numbers or strings, as in the Go config (`"Port": "9578"`).
-fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Port {
-        Number(u16),
-        Text(String),
-    }
-    match Port::deserialize(d)? {
-        Port::Number(n) => Ok(n),
-        Port::Text(s) => s.trim().parse().map_err(|_| {
-            serde::de::Error::custom(format!("port {s:?} is not a number from 0 to 65535"))
-        }),
-    }
 }
 
 #[cfg(test)]
@@ -373,14 +394,88 @@ mod tests {
     }
 
     #[test]
+    fn new_limits_have_defaults_and_bounds() {
+        let c = Config::default();
+        assert_eq!(
+            (
+                c.soft_pending_bytes,
+                c.soft_pending_seconds,
+                c.socket_send_buffer
+            ),
+            (262144, 10, 65536)
+        );
+        let no_seconds = Config {
+            soft_pending_seconds: 0,
+            ..Config::default()
+        };
+        assert!(
+            no_seconds
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("SoftPendingSeconds")
+        );
+        let huge_buffer = Config {
+            socket_send_buffer: usize::MAX,
+            ..Config::default()
+        };
+        assert!(
+            huge_buffer
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("SocketSendBuffer")
+        );
+        let empty_token = Config {
+            metrics_token: Some(String::new()),
+            ..Config::default()
+        };
+        assert!(
+            empty_token
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("MetricsToken")
+        );
+    }
+
+    #[test]
+    fn a_setting_of_another_auth_mode_is_an_error() {
+        let c = Config::from_json(r#"{"AuthMode": "uid", "JwtSecret": "s"}"#).unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().0,
+            "JwtSecret is only used by AuthMode jwt, but AuthMode is uid"
+        );
+        let c = Config::from_json(r#"{"JwtSecret": "s", "AuthUrl": "http://a/"}"#).unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().0,
+            "AuthUrl is only used by AuthMode webhook, but AuthMode is jwt"
+        );
+    }
+
+    #[test]
+    fn load_layers_flags_over_env_over_file() {
+        let env = |name: &str| (name == "PLEX_HTTP_PORT").then(|| "2222".to_owned());
+        let flags = [("--port".to_owned(), "1234".to_owned())];
+        let c = Config::load(None, env, &flags).unwrap();
+        assert_eq!((c.port, c.http_port), (1234, 2222));
+        let bad = [("--soft-pending-seconds".to_owned(), "0".to_owned())];
+        assert!(
+            Config::load(None, |_| None, &bad).is_err(),
+            "load validates"
+        );
+    }
+
+    #[test]
     fn summary_masks_the_secrets() {
         let c = Config {
             inner_password: "hunter2".into(),
             jwt_secret: Some("jwt-hunter3".into()),
+            metrics_token: Some("hunter4".into()),
             ..Config::default()
         };
-        assert!(!c.summary().contains("hunter2"));
-        assert!(!c.summary().contains("hunter3"));
+        assert!(!c.summary().contains("hunter"), "{}", c.summary());
+        assert!(c.summary().starts_with("Port=9578 HttpPort=9579 "));
     }
 
     #[test]
