@@ -124,7 +124,11 @@ fn well_behaved_clients_get_every_push_in_order_amid_hostile_ones() {
         .map(|i| {
             let mut s = connect(addr).expect("connect");
             let header = 100u32.to_be_bytes();
-            let partial = if i % 2 == 0 { &header[..2] } else { &header[..] };
+            let partial = if i % 2 == 0 {
+                &header[..2]
+            } else {
+                &header[..]
+            };
             s.write_all(partial).unwrap();
             s
         })
@@ -206,8 +210,5 @@ fn well_behaved_clients_get_every_push_in_order_amid_hostile_ones() {
         "{stats:?}"
     );
     assert!(stats.closed["frame_too_large"] >= 1, "{stats:?}");
-    assert!(
-        stats.closed["auth_timeout"] >= STALLED as u64,
-        "{stats:?}"
-    );
+    assert!(stats.closed["auth_timeout"] >= STALLED as u64, "{stats:?}");
 }
