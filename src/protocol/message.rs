@@ -187,7 +187,9 @@ impl<'de> Deserialize<'de> for RawStr<'de> {
         let content = raw
             .strip_prefix('"')
             .and_then(|r| r.strip_suffix('"'))
-            .ok_or_else(|| de::Error::invalid_type(de::Unexpected::Other(raw), &"a string"))?;
+            .ok_or_else(|| {
+                de::Error::invalid_type(de::Unexpected::Other("not a string"), &"a string")
+            })?;
         if content.contains("\\u") && !RawStr::surrogates_paired(content) {
             return Err(de::Error::custom("unpaired surrogate in a \\u escape"));
         }
@@ -245,13 +247,29 @@ impl From<serde_json::Error> for DecodeError {
     }
 }
 
+/// Says what is wrong with a payload without quoting any of it: serde_json's own messages
+/// quote values, and a frame's values may be tokens or passwords.
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::NotUtf8(e) => write!(f, "bad message: not UTF-8: {e}"),
-            DecodeError::Json(e) => write!(f, "bad message: {e}"),
+            DecodeError::NotUtf8(e) => {
+                write!(f, "bad message: not UTF-8 after {} bytes", e.valid_up_to())
+            }
+            DecodeError::Json(e) => write!(f, "bad message: {}", describe_json_error(e)),
         }
     }
+}
+
+/// A serde_json error as a log line may show it: its kind and position, never the input.
+pub fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let kind = match e.classify() {
+        Category::Syntax => "not valid JSON",
+        Category::Data => "not a message object with string uri and body and integer seq",
+        Category::Eof => "JSON cut short",
+        Category::Io => "unreadable",
+    };
+    format!("{kind} at line {} column {}", e.line(), e.column())
 }
 
 impl std::error::Error for DecodeError {}
@@ -543,6 +561,23 @@ mod tests {
         assert!(MessageRef::decode(b"{\"uri\": \"\xff\"}").is_err());
         // Invalid bytes in a value that is skipped make the frame bad all the same.
         assert!(MessageRef::decode(b"{\"uri\": \"/a\", \"x\": \"\xff\"}").is_err());
+    }
+
+    #[test]
+    fn decode_errors_never_quote_the_payload() {
+        for bad in [
+            r#"{"uri": "/auth/server", "body": {"t": "hunter2"}}"#,
+            r#"{"uri": "/auth/server", "body": ["hunter2"]}"#,
+            r#"{"seq": "hunter2"}"#,
+            r#"{"uri": 5, "body": "hunter2"} hunter2"#,
+            r#"{"hunter2": "#,
+            "hunter2",
+        ] {
+            let e = decode(bad).unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{bad}: {e}");
+        }
+        let e = MessageRef::decode(b"{\"body\": \"hunter2\xff\"}").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use super::response::{Response, parse_response};
 use crate::CloseReason;
+use crate::protocol::message::describe_json_error;
 use crate::reactor::{
     AuthJob, ConnRef, Core, HasLink, Kind, Link, Table, deadline, feed, secs_to_ticks,
 };
@@ -510,7 +511,10 @@ fn verdict(status: u16, body: &[u8]) -> Verdict {
                 Err("auth service answered without a uid")
             }
             Err(e) => {
-                warn!("auth service answered 200 with bad JSON: {e}");
+                warn!(
+                    "auth service answered 200 with bad JSON: {}",
+                    describe_json_error(&e)
+                );
                 Err("auth service answered bad JSON")
             }
         },

@@ -362,6 +362,8 @@ impl TestServer {
 pub struct ChildServer {
     pub child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// Drains the child's stderr; finished once the child has exited and every line is in.
+    reader: Option<JoinHandle<()>>,
     pub addr: SocketAddr,
 }
 
@@ -387,7 +389,7 @@ impl ChildServer {
         let log = Arc::new(Mutex::new(Vec::new()));
         let lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
@@ -395,6 +397,7 @@ impl ChildServer {
         let mut server = ChildServer {
             child,
             log,
+            reader: Some(reader),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         let mut line = None;
@@ -418,21 +421,6 @@ impl ChildServer {
         self.logged_line(what).is_some()
     }
 
-    /// User plus system CPU time the process has used so far.
-    pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("the server process is alive");
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
-    }
-
     pub fn assert_running(&mut self) {
         let status = self.child.try_wait().expect("try_wait");
         assert!(status.is_none(), "the server exited: {status:?}");
@@ -446,27 +434,35 @@ impl Drop for ChildServer {
     }
 }
 
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 impl ChildServer {
-    /// Every line logged so far.
+    /// Every line logged so far; after `terminate` or `kill_and_collect`, every line.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
 
-    /// Sends SIGTERM and waits for the process to exit.
+    /// Sends SIGTERM, waits for the process to exit and for its log to be read to the end.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(killed.success());
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        self.finish_log();
+        status
+    }
+
+    /// Kills the process and returns its whole log, read to the end: what a test may assert
+    /// was never logged.
+    pub fn kill_and_collect(&mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.finish_log();
+        self.log()
+    }
+
+    /// Waits until the reader has taken every line the exited process wrote.
+    fn finish_log(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("log reader");
+        }
     }
 }
