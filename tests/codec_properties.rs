@@ -7,6 +7,7 @@
 mod common;
 
 use common::chunks::{config, cuts, mutated, reads};
+use plex::internals::feed;
 use plex::protocol::frame::{self, HEADER_LEN};
 use plex::protocol::{
     ByteOrder, Decoder, FrameTooLarge, Message, MessageRef, PushRequest, encode_message,
@@ -36,9 +37,9 @@ fn encoded(order: ByteOrder, payloads: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-/// What the server keeps of a connection's input, fed read by read the way `Reactor::ingest`
-/// does: frames are cut straight from the read while no remainder is kept, otherwise from the
-/// remainder with the read appended; only a partial frame is kept.
+/// What the server keeps of a connection's input, fed read by read through the reactor's own
+/// `feed` (the remainder logic every connection uses), with a frame loop like the reactor's:
+/// only a partial frame is kept.
 struct Stream {
     decoder: Decoder,
     input: Vec<u8>,
@@ -62,18 +63,9 @@ impl Stream {
         if self.error.is_some() {
             return; // the connection is closed
         }
-        if self.input.is_empty() {
-            if let Some(used) = self.process(bytes) {
-                self.input.extend_from_slice(&bytes[used..]);
-            }
-        } else {
-            let mut input = std::mem::take(&mut self.input);
-            input.extend_from_slice(bytes);
-            if let Some(used) = self.process(&input) {
-                input.drain(..used);
-                self.input = input;
-            }
-        }
+        let mut input = std::mem::take(&mut self.input);
+        feed(&mut input, bytes, |data| self.process(data));
+        self.input = input;
         self.most_kept = self.most_kept.max(self.input.len());
     }
 

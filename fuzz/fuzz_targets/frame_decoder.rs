@@ -1,5 +1,5 @@
 //! Fuzzes the TCP side the way the server reads it: arbitrary bytes, in arbitrary reads, go
-//! through `Decoder` with a remainder buffer (as `Reactor::ingest` keeps one), and every
+//! through the reactor's own `feed` (the remainder every connection keeps) and `Decoder`, and every
 //! payload through `MessageRef::decode`, every push body through `PushRequest::decode`.
 //! Beyond "no panic" it checks that the chunked decode equals the one-piece decode, that the
 //! remainder stays within the frame limit, and that whatever decodes re-encodes to itself.
@@ -7,6 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use plex::internals::feed;
 use plex::protocol::frame::HEADER_LEN;
 use plex::protocol::{ByteOrder, Decoder, FrameTooLarge, Message, MessageRef, PushRequest};
 use plex_fuzz::Input;
@@ -24,35 +25,30 @@ fuzz_target!(|data: &[u8]| {
     let mut frames: Vec<Vec<u8>> = Vec::new();
     let mut error: Option<FrameTooLarge> = None;
     for read in &input.reads {
-        let mut buffer = std::mem::take(&mut kept);
-        buffer.extend_from_slice(read);
-        let mut used = 0;
-        loop {
-            match decoder.decode(&buffer[used..]) {
-                Ok(Some((payload, len))) => {
-                    assert_eq!(len, HEADER_LEN + payload.len());
-                    assert!(payload.len() <= max as usize);
-                    used += len;
-                    check_payload(payload);
-                    frames.push(payload.to_vec());
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    assert!(e.len > e.max);
-                    error = Some(e);
-                    break;
+        feed(&mut kept, read, |buffer| {
+            let mut used = 0;
+            loop {
+                match decoder.decode(&buffer[used..]) {
+                    Ok(Some((payload, len))) => {
+                        assert_eq!(len, HEADER_LEN + payload.len());
+                        assert!(payload.len() <= max as usize);
+                        used += len;
+                        check_payload(payload);
+                        frames.push(payload.to_vec());
+                    }
+                    Ok(None) => return Some(used),
+                    Err(e) => {
+                        assert!(e.len > e.max);
+                        error = Some(e);
+                        return None; // the server closes the connection
+                    }
                 }
             }
-        }
+        });
         if error.is_some() {
-            break; // the server closes the connection
+            break;
         }
-        buffer.drain(..used);
-        assert!(
-            buffer.len() < HEADER_LEN + max as usize,
-            "kept past the limit"
-        );
-        kept = buffer;
+        assert!(kept.len() < HEADER_LEN + max as usize, "kept past the limit");
     }
 
     // The same stream in one piece.

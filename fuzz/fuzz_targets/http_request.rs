@@ -1,12 +1,12 @@
 //! Fuzzes the HTTP side the way the server reads it: arbitrary bytes, in arbitrary reads, are
-//! parsed with `parse_request` over a remainder buffer, pipelined (on `Complete`, advance by
-//! `len` and go on). Beyond "no panic" it checks each verdict against the limits and that the
+//! parsed with `parse_request` over the reactor's own remainder logic (`feed`), pipelined (on
+//! `Complete`, advance by `len` and go on). Beyond "no panic" it checks each verdict against the limits and that the
 //! chunked parse yields the same requests as the one-piece parse.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use plex::internals::{MAX_HEAD, Parsed, parse_request};
+use plex::internals::{MAX_HEAD, Parsed, feed, parse_request};
 use plex_fuzz::Input;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -36,21 +36,27 @@ fn pipeline(input: &[u8], max_body: usize, out: &mut Vec<Owned>) -> (usize, End)
             Parsed::Complete(r) => {
                 assert!(r.len > 0 && r.len <= rest.len());
                 assert!(r.body.len() <= max_body);
-                let head_len = r.len - r.body.len();
+                let head_len = r.head.len;
+                assert_eq!(head_len + r.body.len(), r.len);
                 assert!(head_len <= MAX_HEAD);
                 assert_eq!(&rest[head_len..r.len], r.body);
                 used += r.len;
                 out.push(Owned {
-                    method: r.method.into(),
-                    path: r.path.into(),
-                    query: r.query.into(),
-                    authorization: r.authorization.map(<[u8]>::to_vec),
+                    method: r.head.method.into(),
+                    path: r.head.path.into(),
+                    query: r.head.query.into(),
+                    authorization: r.head.authorization.map(<[u8]>::to_vec),
                     body: r.body.to_vec(),
-                    keep_alive: r.keep_alive,
+                    keep_alive: r.head.keep_alive,
                     len: r.len,
                 });
             }
-            Parsed::Partial { .. } => {
+            Parsed::Partial(head) => {
+                // A head is reported only once it is complete, and within the limits.
+                if let Some(head) = head {
+                    assert!(head.len <= MAX_HEAD && head.len <= rest.len());
+                    assert!(head.content_length <= max_body);
+                }
                 // Waiting never means holding more than a head and a body within the limits.
                 assert!(
                     rest.len() <= MAX_HEAD + max_body,
@@ -80,11 +86,14 @@ fuzz_target!(|data: &[u8]| {
     let mut kept: Vec<u8> = Vec::new();
     let mut end = End::Partial;
     for read in &input.reads {
-        kept.extend_from_slice(read);
-        let (used, stop) = pipeline(&kept, max_body, &mut chunked);
-        kept.drain(..used);
-        if stop == End::Invalid {
-            end = End::Invalid; // answered, then the connection closes
+        feed(&mut kept, read, |data| match pipeline(data, max_body, &mut chunked) {
+            (used, End::Partial) => Some(used),
+            (_, End::Invalid) => {
+                end = End::Invalid; // answered, then the connection closes
+                None
+            }
+        });
+        if end == End::Invalid {
             break;
         }
     }
