@@ -14,7 +14,7 @@ use crate::auth::{AuthRequest, AuthVerdict, jwt, token_as_uid};
 use crate::config::{AuthMode, Config, WebhookUrl};
 use crate::handle::Handle;
 use crate::protocol::Message;
-use crate::reactor::{AuthFn, AuthSource, Hooks, MessageHook, Reactor, Side, UidHook};
+use crate::reactor::{AuthFn, AuthSource, Hooks, MessageHook, Reactor, ReloadFn, Side, UidHook};
 use crate::upstream::Webhook;
 
 /// Configures a [`Server`]: the config, the auth function and the hooks.
@@ -25,6 +25,7 @@ pub struct ServerBuilder {
     on_offline: Option<UidHook>,
     on_message: Option<MessageHook>,
     handle_signals: bool,
+    reload: Option<ReloadFn>,
 }
 
 impl ServerBuilder {
@@ -70,9 +71,20 @@ impl ServerBuilder {
     }
 
     /// Shut down gracefully on SIGINT and SIGTERM (a second signal closes everything at
-    /// once). Off by default: a library should not take over a host's signals.
+    /// once), and reload on SIGHUP (see [`on_reload`](Self::on_reload)). Off by default: a
+    /// library should not take over a host's signals.
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.handle_signals = on;
+        self
+    }
+
+    /// How to read the configuration again on SIGHUP (with `handle_signals`). The running
+    /// server takes from it what can change without a restart: `InnerPassword`,
+    /// `MetricsToken`, `OuterServers`, the connection caps, output limits and timeouts. The
+    /// listeners, `LittleEndian`, the frame limits and the auth mode stay as they were (a
+    /// warning names any that changed). An error leaves the running configuration as it is.
+    pub fn on_reload(mut self, f: impl FnMut() -> Result<Config, String> + Send + 'static) -> Self {
+        self.reload = Some(Box::new(f));
         self
     }
 
@@ -103,6 +115,7 @@ impl ServerBuilder {
             Some(signal_hook_mio::v1_0::Signals::new([
                 signal_hook::consts::SIGINT,
                 signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGHUP,
             ])?)
         } else {
             None
@@ -111,6 +124,7 @@ impl ServerBuilder {
             on_online: self.on_online,
             on_offline: self.on_offline,
             on_message: self.on_message,
+            reload: self.reload,
         };
         let (reactor, handle) = Reactor::new(&config, auth, hooks, [plex, http], signals)?;
         info!("listening for clients on {local_addr}");
@@ -139,6 +153,7 @@ impl Server {
             on_offline: None,
             on_message: None,
             handle_signals: false,
+            reload: None,
         }
     }
 

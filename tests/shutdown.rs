@@ -100,6 +100,50 @@ fn sigterm_drains_and_exits_zero() {
 }
 
 #[test]
+fn sighup_reloads_the_inner_password_and_keeps_serving() {
+    let dir = std::env::temp_dir().join(format!("plex-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("inner-password");
+    std::fs::write(&file, "first-password\n").unwrap();
+    let args = ["--inner-password-file", file.to_str().unwrap()];
+    let mut server = ChildServer::spawn(&args, "info", None);
+    let mut user = plex::client::Connection::connect(server.addr, ByteOrder::Big).unwrap();
+    assert!(user.authenticate("7", WAIT).unwrap());
+    let mut inner = plex::client::Connection::connect(server.addr, ByteOrder::Big).unwrap();
+    assert!(inner.authenticate_inner("first-password", WAIT).unwrap());
+
+    std::fs::write(&file, "second-password\n").unwrap();
+    server.signal("HUP");
+    assert!(
+        wait_until(WAIT, || server.logged("SIGHUP: reloaded")),
+        "{:?}",
+        server.log()
+    );
+    server.assert_running();
+    let mut old = plex::client::Connection::connect(server.addr, ByteOrder::Big).unwrap();
+    assert!(!old.authenticate_inner("first-password", WAIT).unwrap());
+    let mut new = plex::client::Connection::connect(server.addr, ByteOrder::Big).unwrap();
+    assert!(new.authenticate_inner("second-password", WAIT).unwrap());
+    // Established connections are untouched.
+    assert_alive(&mut user);
+    push(&mut inner, "7", "/after", "reload");
+    expect_msg(&mut user, "/after", "reload");
+
+    // A configuration that no longer validates is refused; the running one stays.
+    std::fs::write(&file, "\n").unwrap();
+    server.signal("HUP");
+    assert!(
+        wait_until(WAIT, || server.logged("reload failed")),
+        "{:?}",
+        server.log()
+    );
+    let mut again = plex::client::Connection::connect(server.addr, ByteOrder::Big).unwrap();
+    assert!(again.authenticate_inner("second-password", WAIT).unwrap());
+    assert_eq!(server.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn secrets_never_reach_the_log_even_at_trace_level() {
     let (secret, password) = ("jwt-secret-d41d8cd9", "inner-password-8f00b204");
     let args = [

@@ -123,9 +123,18 @@ fn init_logging(config: &Config) {
     builder.init();
 }
 
+/// The configuration read again from the same command line, environment and files (SIGHUP).
+fn reload(args: &[String]) -> Result<Config, String> {
+    match parse_args(args.iter().cloned(), |name| std::env::var(name).ok())? {
+        Request::Run(config) | Request::Check(config) => Ok(config),
+        Request::Help | Request::Version => Err("no configuration".into()),
+    }
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     // Fatal errors go to stderr whatever RUST_LOG says: an operator must see why it stopped.
-    let config = match parse_args(std::env::args().skip(1), |name| std::env::var(name).ok()) {
+    let config = match parse_args(args.iter().cloned(), |name| std::env::var(name).ok()) {
         Ok(Request::Run(config)) => config,
         Ok(Request::Check(config)) => {
             println!("plex-server: config ok: {}", config.summary());
@@ -148,7 +157,10 @@ fn main() -> ExitCode {
     if config.inner_password == DEFAULT_INNER_PASSWORD {
         warn!("InnerPassword is the default; set --inner-password before exposing this server");
     }
-    let server = match Server::builder(config).handle_signals(true).build() {
+    let server = Server::builder(config)
+        .handle_signals(true)
+        .on_reload(move || reload(&args));
+    let server = match server.build() {
         Ok(server) => server,
         Err(e) => {
             eprintln!("plex-server: cannot start: {e}");

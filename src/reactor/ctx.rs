@@ -30,12 +30,16 @@ pub(crate) type UidHook = Box<dyn FnMut(&str) + Send>;
 /// Called with a uid and the upstream message it sent.
 pub(crate) type MessageHook = Box<dyn FnMut(&str, Message) + Send>;
 
+/// Reads the configuration again (SIGHUP).
+pub(crate) type ReloadFn = Box<dyn FnMut() -> Result<Config, String> + Send>;
+
 /// Application callbacks, run on the reactor thread.
 #[derive(Default)]
 pub(crate) struct Hooks {
     pub on_online: Option<UidHook>,
     pub on_offline: Option<UidHook>,
     pub on_message: Option<MessageHook>,
+    pub reload: Option<ReloadFn>,
 }
 
 /// Settings read on the hot path, derived once from the `Config`.
@@ -84,6 +88,28 @@ impl Limits {
             metrics_token: config.metrics_token.clone(),
             outer_servers: config.outer_servers.clone(),
         }
+    }
+}
+
+impl Limits {
+    /// Takes from a reloaded configuration what may change while clients are connected;
+    /// returns the keys that changed but need a restart.
+    pub fn reload(&mut self, config: &Config) -> Vec<&'static str> {
+        let fresh = Limits::new(config);
+        let mut restart = Vec::new();
+        if fresh.order != self.order {
+            restart.push("LittleEndian");
+        }
+        if (fresh.max_frame, fresh.max_inner_frame) != (self.max_frame, self.max_inner_frame) {
+            restart.push("MaxFrameSize/MaxInnerFrameSize");
+        }
+        *self = Limits {
+            order: self.order,
+            max_frame: self.max_frame,
+            max_inner_frame: self.max_inner_frame,
+            ..fresh
+        };
+        restart
     }
 }
 

@@ -40,7 +40,7 @@ use session::Step;
 pub use conn::CloseReason;
 pub(crate) use conns::{ConnRef, HasLink, Kind, Table};
 pub(crate) use ctx::{
-    Auth, AuthFn, AuthJob, Core, Hooks, MessageHook, UidHook, deadline, secs_to_ticks,
+    Auth, AuthFn, AuthJob, Core, Hooks, MessageHook, ReloadFn, UidHook, deadline, secs_to_ticks,
 };
 pub use link::{Link, feed};
 pub use registry::Registry;
@@ -759,13 +759,37 @@ impl Reactor {
         };
         let received: Vec<i32> = signals.pending().collect();
         for signal in received {
-            if self.ctx.shutdown_deadline.is_some() {
+            if signal == signal_hook::consts::SIGHUP {
+                self.reload();
+            } else if self.ctx.shutdown_deadline.is_some() {
                 warn!("signal {signal} during shutdown: closing every connection now");
                 self.ctx.shutdown_deadline = Some(self.ctx.core.clock.tick);
             } else {
                 info!("signal {signal}: shutting down");
                 self.begin_shutdown();
             }
+        }
+    }
+
+    /// SIGHUP: the configuration read again; logs go to stderr, so there is nothing to reopen.
+    fn reload(&mut self) {
+        let Some(reload) = &mut self.ctx.hooks.reload else {
+            info!("SIGHUP: nothing to reload (logs go to stderr, nothing to reopen)");
+            return;
+        };
+        let config = reload().and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()));
+        match config {
+            Ok(config) => {
+                let restart = self.ctx.limits.reload(&config);
+                info!(
+                    "SIGHUP: reloaded InnerPassword, MetricsToken, OuterServers, connection caps, \
+                     output limits and timeouts"
+                );
+                if !restart.is_empty() {
+                    warn!("SIGHUP: {} changed but need a restart", restart.join(", "));
+                }
+            }
+            Err(e) => warn!("SIGHUP: reload failed, keeping the running configuration: {e}"),
         }
     }
 

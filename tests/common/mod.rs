@@ -440,11 +440,19 @@ impl ChildServer {
         self.log.lock().unwrap().clone()
     }
 
+    /// Sends a signal (`"HUP"`, `"TERM"`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
     /// Sends SIGTERM, waits for the process to exit and for its log to be read to the end.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(killed.success());
+        self.signal("TERM");
         let status = self.child.wait().unwrap();
         self.finish_log();
         status
