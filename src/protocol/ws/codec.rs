@@ -244,11 +244,10 @@ mod tests {
 
     const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
-    fn cut_all(
-        input: &mut [u8],
-        role: Role,
-        max: u64,
-    ) -> Result<Option<(bool, Opcode, Vec<u8>, usize)>, ProtocolError> {
+    /// A cut frame, owned: fin, opcode, payload, bytes taken.
+    type Cut = (bool, Opcode, Vec<u8>, usize);
+
+    fn cut_all(input: &mut [u8], role: Role, max: u64) -> Result<Option<Cut>, ProtocolError> {
         let len = input.len();
         Ok(cut(input, role, max)?
             .map(|(f, rest)| (f.fin, f.opcode, f.payload.to_vec(), len - rest.len())))
