@@ -4,6 +4,7 @@
 pub mod frame;
 pub mod message;
 pub mod uri;
+pub mod ws;
 
 pub use frame::{ByteOrder, Decoder, FrameTooLarge};
 pub use message::{DecodeError, Message, MessageRef, PushRequest, SeqClock, encode_message};

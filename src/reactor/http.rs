@@ -27,6 +27,7 @@ use super::link::Link;
 use super::session::constant_time_eq;
 use crate::CloseReason;
 use crate::protocol::uri;
+use crate::protocol::ws::{has_token, percent_decode};
 use crate::stats::Stats;
 
 /// Largest request head (request line and headers).
@@ -183,13 +184,6 @@ fn parse_content_length(value: &[u8]) -> Option<usize> {
         return None;
     }
     text.parse().ok()
-}
-
-/// Whether a comma-separated header value holds `token` (case-insensitive).
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// A response about to be written.
@@ -589,24 +583,6 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
     serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
-/// Decodes `%XX` escapes and `+` (a space in query strings); `None` if malformed or not UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                let hex = std::str::from_utf8(&hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -711,15 +687,6 @@ mod tests {
                 ..
             }))
         ));
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Fb+c").as_deref(), Some("a/b c"));
-        assert_eq!(percent_decode("%E4%BD%A0").as_deref(), Some("你"));
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%4"), None);
-        assert_eq!(percent_decode("%ff"), None);
     }
 
     #[test]
