@@ -86,6 +86,16 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// How `plex-server` writes its log lines (the library leaves logging to its host).
     pub log_format: LogFormat,
+    /// PEM certificate chain for TLS (the TLS listener, and wss on the WebSocket listener).
+    pub tls_cert: Option<String>,
+    /// PEM private key of `TlsCert`.
+    pub tls_key: Option<String>,
+    /// Port of the TLS listener (the same framed protocol over TLS); unset: no TLS listener.
+    pub tls_port: Option<u16>,
+    /// Port of the WebSocket listener (`/plex/v1/ws`; wss when `TlsCert` is set); unset: none.
+    pub ws_port: Option<u16>,
+    /// Seconds a connection has to finish its TLS handshake or WebSocket upgrade.
+    pub handshake_timeout: u64,
 }
 
 /// How client tokens are checked.
@@ -160,6 +170,11 @@ impl Default for Config {
             auth_webhook_timeout: 5,
             jwt_secret: None,
             log_format: LogFormat::Text,
+            tls_cert: None,
+            tls_key: None,
+            tls_port: None,
+            ws_port: None,
+            handshake_timeout: 10,
         }
     }
 }
@@ -224,6 +239,7 @@ impl Config {
                 self.auth_webhook_connections as u64,
             ),
             ("AuthWebhookTimeout", self.auth_webhook_timeout),
+            ("HandshakeTimeout", self.handshake_timeout),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return fail(format!("{name} must be greater than 0"));
@@ -237,6 +253,7 @@ impl Config {
             ("ShutdownTimeout", self.shutdown_timeout),
             ("HttpIdleTimeout", self.http_idle_timeout),
             ("AuthWebhookTimeout", self.auth_webhook_timeout),
+            ("HandshakeTimeout", self.handshake_timeout),
         ] {
             if secs > year {
                 return fail(format!("{name} must be at most {year} seconds"));
@@ -245,6 +262,18 @@ impl Config {
         // setsockopt takes a C int.
         if self.socket_send_buffer > i32::MAX as usize {
             return fail(format!("SocketSendBuffer must be at most {}", i32::MAX));
+        }
+        // Output buffers index their written part with 32 bits.
+        if self.max_pending_bytes > 1 << 30 {
+            return fail("MaxPendingBytes must be at most 1 GiB".into());
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return fail("TlsCert needs a TlsKey".into()),
+            (None, Some(_)) => return fail("TlsKey needs a TlsCert".into()),
+            (None, None) if self.tls_port.is_some() => {
+                return fail("TlsPort needs TlsCert and TlsKey".into());
+            }
+            _ => {}
         }
         for (name, secret) in [
             ("InnerPassword", Some(&self.inner_password)),

@@ -2,7 +2,7 @@
 //! to completion or one turn at a time inside a host's own loop.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +14,9 @@ use crate::auth::{AuthRequest, AuthVerdict, jwt, token_as_uid};
 use crate::config::{AuthMode, Config, WebhookUrl};
 use crate::handle::Handle;
 use crate::protocol::Message;
-use crate::reactor::{AuthFn, AuthSource, Hooks, MessageHook, Reactor, ReloadFn, Side, UidHook};
+use crate::reactor::{
+    AuthFn, AuthSource, Hooks, Listeners, MessageHook, Reactor, ReloadFn, Side, UidHook, tls,
+};
 use crate::upstream::Webhook;
 
 /// Configures a [`Server`]: the config, the auth function and the hooks.
@@ -99,15 +101,24 @@ impl ServerBuilder {
             None => auth_from_config(&config)?,
         };
 
-        let plex = bind(
-            SocketAddr::new(config.bind_address, config.port),
-            config.backlog,
-        )?;
-        let http = bind(
-            SocketAddr::new(config.http_bind_address, config.http_port),
-            config.backlog,
-        )?;
-        let local_addr = plex.local_addr()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
+            _ => None,
+        };
+        let listen = |side: Side, ip: IpAddr, port: u16| -> io::Result<(Side, TcpListener)> {
+            Ok((side, bind(SocketAddr::new(ip, port), config.backlog)?))
+        };
+        let mut bound = vec![
+            listen(Side::Plex, config.bind_address, config.port)?,
+            listen(Side::Http, config.http_bind_address, config.http_port)?,
+        ];
+        if let Some(port) = config.tls_port {
+            bound.push(listen(Side::Tls, config.bind_address, port)?);
+        }
+        if let Some(port) = config.ws_port {
+            bound.push(listen(Side::Ws, config.bind_address, port)?);
+        }
+        let local_addr = bound[0].1.local_addr()?;
         if config.outer_servers.is_empty() {
             config.outer_servers = vec![format!("127.0.0.1:{}", local_addr.port())];
         }
@@ -126,9 +137,18 @@ impl ServerBuilder {
             on_message: self.on_message,
             reload: self.reload,
         };
-        let (reactor, handle) = Reactor::new(&config, auth, hooks, [plex, http], signals)?;
-        info!("listening for clients on {local_addr}");
-        info!("HTTP API listening on {}", reactor.local_addr(Side::Http));
+        let listeners = Listeners { bound, tls };
+        let (reactor, handle) = Reactor::new(&config, auth, hooks, listeners, signals)?;
+        for (side, what) in [
+            (Side::Plex, "clients"),
+            (Side::Http, "the HTTP API"),
+            (Side::Tls, "clients over TLS"),
+            (Side::Ws, "clients over WebSocket"),
+        ] {
+            if let Some(addr) = reactor.local_addr(side) {
+                info!("listening for {what} on {addr}");
+            }
+        }
         Ok(Server {
             reactor,
             handle,
@@ -159,12 +179,22 @@ impl Server {
 
     /// The address the client listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.reactor.local_addr(Side::Plex)
+        self.reactor.local_addr(Side::Plex).expect("always bound")
     }
 
     /// The address the HTTP listener is bound to.
     pub fn http_addr(&self) -> SocketAddr {
-        self.reactor.local_addr(Side::Http)
+        self.reactor.local_addr(Side::Http).expect("always bound")
+    }
+
+    /// The address the TLS listener is bound to, with `TlsPort`.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.reactor.local_addr(Side::Tls)
+    }
+
+    /// The address the WebSocket listener is bound to, with `WsPort`.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.reactor.local_addr(Side::Ws)
     }
 
     /// The effective config (with `OuterServers` filled in).

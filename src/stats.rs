@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::reactor::CloseReason;
+use crate::reactor::{CloseReason, Transport};
 
 /// Running totals, owned by the reactor.
 #[derive(Debug, Default)]
@@ -45,6 +45,8 @@ pub(crate) struct Gauges {
     pub uids: u64,
     pub http_connections: u64,
     pub buffered_bytes: u64,
+    /// Client connections by transport, in `Transport` order.
+    pub transports: [u64; 4],
 }
 
 /// A snapshot of the server's gauges and counters.
@@ -58,6 +60,8 @@ pub struct Stats {
     pub inner: u64,
     /// Distinct uids online.
     pub uids: u64,
+    /// Client connections by transport: `tcp`, `tls`, `ws`, `wss`.
+    pub transports: BTreeMap<&'static str, u64>,
     /// Bytes held in client connections' input and output buffers.
     pub buffered_bytes: u64,
     /// Connections accepted on the client listener since start.
@@ -107,6 +111,9 @@ impl Stats {
             users: g.users,
             inner: g.inner,
             uids: g.uids,
+            transports: (Transport::ALL.iter())
+                .map(|&t| (t.as_str(), g.transports[t as usize]))
+                .collect(),
             buffered_bytes: g.buffered_bytes,
             accepted: c.accepted,
             rejected: c.rejected,
@@ -230,6 +237,14 @@ impl Stats {
         for (name, help, value) in counters {
             metric(name, "counter", help, value);
         }
+        out.push_str("# HELP plex_transport_connections Live client connections, by transport.\n");
+        out.push_str("# TYPE plex_transport_connections gauge\n");
+        for (transport, n) in &self.transports {
+            let _ = writeln!(
+                out,
+                "plex_transport_connections{{transport=\"{transport}\"}} {n}"
+            );
+        }
         out.push_str("# HELP plex_closed_total Connections closed, by listener and reason.\n");
         out.push_str("# TYPE plex_closed_total counter\n");
         for (listener, closed) in [("client", &self.closed), ("http", &self.http_closed)] {
@@ -263,12 +278,14 @@ mod tests {
             uids: 2,
             http_connections: 0,
             buffered_bytes: 0,
+            transports: [1, 0, 2, 0],
         };
         let text = Stats::from_counters(&c, gauges, 9).to_prometheus();
         assert!(text.contains("# TYPE plex_pushes_total counter\nplex_pushes_total 7\n"));
         assert!(text.contains("# TYPE plex_connections gauge\nplex_connections 3\n"));
         assert!(text.contains("plex_closed_total{listener=\"client\",reason=\"kicked\"} 1\n"));
         assert!(text.contains("plex_closed_total{listener=\"http\",reason=\"peer_closed\"} 1\n"));
+        assert!(text.contains("plex_transport_connections{transport=\"ws\"} 2\n"));
         assert!(text.contains("plex_closed_total{listener=\"client\",reason=\"peer_closed\"} 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();

@@ -64,7 +64,7 @@ impl Stream {
             return; // the connection is closed
         }
         let mut input = std::mem::take(&mut self.input);
-        feed(&mut input, bytes, |data| self.process(data));
+        feed(&mut input, &mut bytes.to_vec(), |data| self.process(data));
         self.input = input;
         self.most_kept = self.most_kept.max(self.input.len());
     }

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let mut frames: Vec<Vec<u8>> = Vec::new();
     let mut error: Option<FrameTooLarge> = None;
     for read in &input.reads {
-        feed(&mut kept, read, |buffer| {
+        feed(&mut kept, &mut read.to_vec(), |buffer| {
             let mut used = 0;
             loop {
                 match decoder.decode(&buffer[used..]) {

@@ -86,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
     let mut kept: Vec<u8> = Vec::new();
     let mut end = End::Partial;
     for read in &input.reads {
-        feed(&mut kept, read, |data| match pipeline(data, max_body, &mut chunked) {
+        feed(&mut kept, &mut read.to_vec(), |data| match pipeline(data, max_body, &mut chunked) {
             (used, End::Partial) => Some(used),
             (_, End::Invalid) => {
                 end = End::Invalid; // answered, then the connection closes

@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
     let mut kept: Vec<u8> = Vec::new();
     let mut settled = Outcome::Partial;
     for read in &input.reads {
-        feed(&mut kept, read, |data| match outcome(data, false) {
+        feed(&mut kept, &mut read.to_vec(), |data| match outcome(data, false) {
             Outcome::Partial => Some(0),
             other => {
                 settled = other;

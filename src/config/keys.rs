@@ -107,6 +107,13 @@ static KEYS: &[Key] = &[
     key!(jwt_secret, "JwtSecret", "SECRET", "HS256 secret of AuthMode jwt (implies it)",
         secret = true),
     key!(log_format, "LogFormat", "FORMAT", "log lines as text, or json (one object per line)"),
+    key!(tls_cert, "TlsCert", "PATH", "PEM certificate chain for the TLS and wss listeners"),
+    key!(tls_key, "TlsKey", "PATH", "PEM private key of TlsCert"),
+    key!(tls_port, "TlsPort", "PORT", "TLS listener for clients (unset: none)"),
+    key!(ws_port, "WsPort", "PORT",
+        "WebSocket listener at /plex/v1/ws, wss with TlsCert (unset: none)"),
+    key!(handshake_timeout, "HandshakeTimeout", "SECS",
+        "close connections whose TLS handshake or WebSocket upgrade takes longer"),
 ];
 
 /// `MaxPendingBytes` → `--max-pending-bytes`.
@@ -462,6 +469,20 @@ impl Setting for Option<String> {
 
     fn show(&self) -> Option<String> {
         self.clone()
+    }
+}
+
+/// A port, unset by `null`.
+impl Setting for Option<u16> {
+    fn parse(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Null => Ok(None),
+            value => u16::parse(value).map(Some),
+        }
+    }
+
+    fn show(&self) -> Option<String> {
+        self.map(|port| port.to_string())
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::conns::HasLink;
 use super::link::Link;
+use crate::protocol::ws::ReadState;
 
 /// What a client connection is, and therefore what its frames may do.
 #[derive(Debug)]
@@ -18,9 +19,54 @@ pub enum State {
     Inner,
 }
 
+/// How a connection's messages are framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// A 4-byte length, then the message (the original's protocol, over TCP or TLS).
+    Length = 0,
+    /// One WebSocket message per message.
+    WebSocket = 1,
+}
+
+/// The transports clients connect over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp = 0,
+    Tls = 1,
+    Ws = 2,
+    Wss = 3,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 4] = [
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Ws,
+        Transport::Wss,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+}
+
+/// A WebSocket connection's own state (boxed: other connections pay one pointer for it).
+#[derive(Debug, Default)]
+pub struct Ws {
+    /// The upgrade is done: what arrives now is frames.
+    pub open: bool,
+    pub read: ReadState,
+}
+
 pub struct ClientConn {
     pub link: Link,
     pub state: State,
+    pub ws: Option<Box<Ws>>,
     pub bad_frames: u32,
     /// Tick at which its pending output first went over the soft limit; 0 while under it.
     pub over_soft_since: u32,
@@ -34,6 +80,7 @@ impl ClientConn {
                 failures: 0,
                 pending: false,
             },
+            ws: None,
             bad_frames: 0,
             over_soft_since: 0,
         }
@@ -41,6 +88,29 @@ impl ClientConn {
 
     pub fn is_user(&self) -> bool {
         matches!(self.state, State::User { .. })
+    }
+
+    pub fn framing(&self) -> Framing {
+        if self.ws.is_some() {
+            Framing::WebSocket
+        } else {
+            Framing::Length
+        }
+    }
+
+    /// How it is connected, for the gauges.
+    pub fn transport(&self) -> Transport {
+        match (self.link.tls.is_some(), self.ws.is_some()) {
+            (false, false) => Transport::Tcp,
+            (true, false) => Transport::Tls,
+            (false, true) => Transport::Ws,
+            (true, true) => Transport::Wss,
+        }
+    }
+
+    /// Still in its TLS handshake or WebSocket upgrade.
+    pub fn is_handshaking(&self) -> bool {
+        self.link.is_handshaking() || self.ws.as_ref().is_some_and(|ws| !ws.open)
     }
 }
 
@@ -74,10 +144,14 @@ pub enum CloseReason {
     Shutdown,
     /// An idle HTTP connection closed to make room at `MaxHttpConnections`.
     Evicted,
+    /// A TLS handshake or WebSocket upgrade that failed.
+    Handshake,
+    /// A TLS handshake or WebSocket upgrade not done within `HandshakeTimeout`.
+    HandshakeTimeout,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::PeerClosed,
         CloseReason::IoError,
         CloseReason::AuthTimeout,
@@ -92,6 +166,8 @@ impl CloseReason {
         CloseReason::Kicked,
         CloseReason::Shutdown,
         CloseReason::Evicted,
+        CloseReason::Handshake,
+        CloseReason::HandshakeTimeout,
     ];
 
     /// Short snake_case name, used in logs and as a metrics label.
@@ -111,6 +187,8 @@ impl CloseReason {
             CloseReason::Kicked => "kicked",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Evicted => "evicted",
+            CloseReason::Handshake => "handshake",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
         }
     }
 }
@@ -129,8 +207,10 @@ mod tests {
     fn an_idle_connection_stays_small() {
         // Every idle connection pays for this struct and nothing else on the heap (its
         // buffers are unallocated). Growing it costs megabytes per million connections.
+        // mio's sockets carry a selector id in debug builds only.
+        let mio_debug = if cfg!(debug_assertions) { 8 } else { 0 };
         assert!(
-            std::mem::size_of::<ClientConn>() <= 128,
+            std::mem::size_of::<ClientConn>() <= 128 + mio_debug,
             "{}",
             std::mem::size_of::<ClientConn>()
         );

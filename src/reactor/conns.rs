@@ -15,7 +15,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use super::ctx::{Core, LINGER_TICKS, deadline};
-use super::link::{Flushed, Link};
+use super::link::{Flushed, Got, Link};
 use crate::CloseReason;
 
 /// Which table a token or timer refers to.
@@ -150,6 +150,27 @@ impl<C: HasLink> Table<C> {
             (self.slab.get_mut(r.key())).filter(|c| c.link().generation == r.generation())?;
         conn.link_mut().timer = super::timer::TimerId::NONE;
         conn.link().doomed.is_none().then_some(conn)
+    }
+
+    /// One read from connection `r` into `buf`: `Some(n)` bytes to process, `None` when it
+    /// has nothing more for now, is gone, or has just closed (it is then doomed).
+    pub fn read(&mut self, r: ConnRef, buf: &mut [u8]) -> Option<usize> {
+        let link = self.get(r)?.link_mut();
+        let reason = match link.read(buf) {
+            Ok(Got::Data(n)) => return Some(n),
+            Ok(Got::Blocked) => return None,
+            Ok(Got::Eof) => link.closing.unwrap_or(CloseReason::PeerClosed),
+            Err(e) => {
+                debug!("{}: read: {e}", Self::name(r));
+                if link.is_handshaking() {
+                    CloseReason::Handshake
+                } else {
+                    CloseReason::IoError
+                }
+            }
+        };
+        self.doom(r.key(), reason);
+        None
     }
 
     pub fn ref_of(&self, key: usize) -> ConnRef {

@@ -50,6 +50,7 @@ pub struct Limits {
     pub auth_ticks: u32,
     pub heartbeat_ticks: u32,
     pub http_idle_ticks: u32,
+    pub handshake_ticks: u32,
     pub shutdown_ticks: u32,
     pub max_auth_failures: u32,
     pub max_bad_frames: u32,
@@ -74,6 +75,7 @@ impl Limits {
             auth_ticks: secs_to_ticks(config.auth_timeout),
             heartbeat_ticks: secs_to_ticks(config.heartbeat_timeout),
             http_idle_ticks: secs_to_ticks(config.http_idle_timeout),
+            handshake_ticks: secs_to_ticks(config.handshake_timeout),
             shutdown_ticks: secs_to_ticks(config.shutdown_timeout),
             max_auth_failures: config.max_auth_failures,
             max_bad_frames: config.max_bad_frames,
@@ -221,6 +223,8 @@ pub struct Gauges {
     pub users: u64,
     pub inner: u64,
     pub http: u64,
+    /// Client connections by `Transport`.
+    pub transports: [u64; 4],
 }
 
 /// One token for the auth webhook to check.

@@ -4,21 +4,60 @@
 
 use log::{debug, warn};
 
-use super::conn::ClientConn;
+use super::conn::{ClientConn, Framing};
 use super::conns::{ConnRef, Queued, Table};
 use super::ctx::{Core, Ctx, Limits};
 use super::session;
 use crate::CloseReason;
-use crate::protocol::message::{PushRequest, RawStr, encode_message};
+use crate::protocol::frame::{self, ByteOrder, HEADER_LEN};
+use crate::protocol::message::{PushRequest, RawStr, write_message};
 use crate::protocol::uri;
+use crate::protocol::ws::{self, Opcode};
 
 /// Buffers a push reuses from one to the next, so that a push allocates nothing.
 #[derive(Default)]
 pub struct PushBuffers {
-    /// The frame being delivered, encoded once for all its targets.
-    pub frame: Vec<u8>,
+    pub frames: Frames,
     /// The unescaped body of the `/logic/send/msg` being read.
     pub body: String,
+}
+
+/// The push being delivered: its message encoded once, and framed at most once for each
+/// framing its targets use.
+#[derive(Default)]
+pub struct Frames {
+    payload: Vec<u8>,
+    framed: [Vec<u8>; 2],
+    ready: [bool; 2],
+}
+
+impl Frames {
+    /// Encodes the message of a new push; its frames are made when first needed.
+    fn start(&mut self, seq: i64, uri: &str, body: &str) {
+        self.payload.clear();
+        write_message(&mut self.payload, seq, uri, body);
+        self.ready = [false; 2];
+    }
+
+    /// The longest frame this push can take on any connection.
+    fn max_len(&self) -> usize {
+        self.payload.len() + ws::MAX_HEADER_LEN.max(HEADER_LEN)
+    }
+
+    /// The push framed for `framing`.
+    fn get(&mut self, framing: Framing, order: ByteOrder) -> &[u8] {
+        let i = framing as usize;
+        if !self.ready[i] {
+            let (frame, payload) = (&mut self.framed[i], &self.payload);
+            frame.clear();
+            match framing {
+                Framing::Length => frame::encode(frame, order, payload),
+                Framing::WebSocket => ws::encode(frame, Opcode::Text, payload),
+            }
+            self.ready[i] = true;
+        }
+        &self.framed[i]
+    }
 }
 
 /// A push that no connection could ever take.
@@ -43,12 +82,12 @@ impl std::fmt::Display for TooLarge {
 pub fn push<S: AsRef<str>>(
     ctx: &mut Ctx,
     clients: &mut Table<ClientConn>,
-    frame: &mut Vec<u8>,
+    frames: &mut Frames,
     uids: &[S],
     uri: &str,
     body: &str,
 ) -> Result<usize, TooLarge> {
-    encode(ctx, frame, uri, body)?;
+    encode(ctx, frames, uri, body)?;
     let Ctx {
         core,
         limits,
@@ -63,7 +102,7 @@ pub fn push<S: AsRef<str>>(
             counters.dropped += 1;
         }
         delivered += clients.queue_to(Some(keys), |r, conn| {
-            queue_push(core, limits, r, conn, frame)
+            queue_push(core, limits, r, conn, frames)
         });
     }
     Ok(finish(ctx, delivered))
@@ -73,13 +112,13 @@ pub fn push<S: AsRef<str>>(
 pub fn broadcast(
     ctx: &mut Ctx,
     clients: &mut Table<ClientConn>,
-    frame: &mut Vec<u8>,
+    frames: &mut Frames,
     uri: &str,
     body: &str,
 ) -> Result<usize, TooLarge> {
-    encode(ctx, frame, uri, body)?;
+    encode(ctx, frames, uri, body)?;
     let (core, limits) = (&mut ctx.core, &ctx.limits);
-    let delivered = clients.queue_to(None, |r, conn| queue_push(core, limits, r, conn, frame));
+    let delivered = clients.queue_to(None, |r, conn| queue_push(core, limits, r, conn, frames));
     Ok(finish(ctx, delivered))
 }
 
@@ -114,7 +153,7 @@ pub fn push_from_inner(
     if let Err(e) = push(
         ctx,
         clients,
-        &mut buffers.frame,
+        &mut buffers.frames,
         &uids,
         &request.uri,
         &request.body,
@@ -144,13 +183,12 @@ pub fn online(ctx: &Ctx, clients: &Table<ClientConn>, uid: &str) -> usize {
         .count()
 }
 
-fn encode(ctx: &mut Ctx, frame: &mut Vec<u8>, uri: &str, body: &str) -> Result<(), TooLarge> {
+fn encode(ctx: &mut Ctx, frames: &mut Frames, uri: &str, body: &str) -> Result<(), TooLarge> {
     let seq = ctx.next_seq();
-    frame.clear();
-    encode_message(frame, ctx.limits.order, seq, uri, body);
-    if frame.len() > ctx.limits.max_pending {
+    frames.start(seq, uri, body);
+    if frames.max_len() > ctx.limits.max_pending {
         return Err(TooLarge {
-            len: frame.len(),
+            len: frames.max_len(),
             max: ctx.limits.max_pending,
         });
     }
@@ -163,11 +201,12 @@ fn queue_push(
     limits: &Limits,
     r: ConnRef,
     conn: &mut ClientConn,
-    frame: &[u8],
+    frames: &mut Frames,
 ) -> Queued {
     if conn.link.is_done() || !conn.is_user() {
         return Queued::Skipped;
     }
+    let frame = frames.get(conn.framing(), limits.order);
     match session::queue(core, limits, conn, r, frame.len(), |out| {
         out.extend_from_slice(frame)
     }) {

@@ -23,7 +23,7 @@ use super::conn::ClientConn;
 use super::conns::{HasLink, Table};
 use super::ctx::Ctx;
 use super::deliver::{self, PushBuffers};
-use super::link::Link;
+use super::link::{Link, feed};
 use super::session::constant_time_eq;
 use crate::CloseReason;
 use crate::protocol::uri;
@@ -313,10 +313,26 @@ fn bearer_is(authorization: Option<&[u8]>, secret: &str) -> bool {
     scheme.eq_ignore_ascii_case(b"bearer ") && constant_time_eq(token, secret.as_bytes())
 }
 
+/// Answers the requests in newly read bytes of connection `key`, after what it kept of
+/// earlier reads, and keeps the new partial remainder.
+pub fn ingest(api: &mut Api, https: &mut Table<HttpConn>, key: usize, bytes: &mut [u8]) {
+    let mut input = std::mem::take(&mut https[key].link.input);
+    feed(&mut input, bytes, |data| {
+        let used = process(api, https, key, data);
+        (!https[key].link.is_done()).then_some(used)
+    });
+    let link = &mut https[key].link;
+    if link.is_done() {
+        api.ctx.core.pool.give(input);
+    } else {
+        link.input = input;
+    }
+}
+
 /// Answers the complete requests at the start of `bytes`, in order; returns how many bytes
 /// they took. Stops at a partial request, when the connection closes, or when its unwritten
 /// responses pass `MAX_UNWRITTEN` (its reading is then paused until they drain).
-pub fn process(api: &mut Api, https: &mut Table<HttpConn>, key: usize, bytes: &[u8]) -> usize {
+fn process(api: &mut Api, https: &mut Table<HttpConn>, key: usize, bytes: &[u8]) -> usize {
     let r = https.ref_of(key);
     let mut used = 0;
     loop {
@@ -496,7 +512,7 @@ fn push(api: &mut Api, request: &Request) -> Response {
         return refuse(api, &e.to_string());
     }
     let body = body.body.unwrap_or_default();
-    let frame = &mut api.push.frame;
+    let frame = &mut api.push.frames;
     match deliver::push(api.ctx, api.clients, frame, &uids, &uri, &body) {
         Ok(delivered) => Response::json(200, json!({ "delivered": delivered })),
         Err(e) => too_large(api, &e.to_string()),
@@ -513,7 +529,7 @@ fn broadcast(api: &mut Api, request: &Request) -> Response {
         return refuse(api, &e.to_string());
     }
     let body = body.body.unwrap_or_default();
-    let frame = &mut api.push.frame;
+    let frame = &mut api.push.frames;
     match deliver::broadcast(api.ctx, api.clients, frame, &uri, &body) {
         Ok(delivered) => Response::json(200, json!({ "delivered": delivered })),
         Err(e) => too_large(api, &e.to_string()),

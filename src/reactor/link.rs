@@ -3,10 +3,11 @@
 //! yet written to it, its one timer, and the flags the reactor's turn acts on. It knows
 //! nothing of protocols, of other connections, or of `Poll`.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
 
 use mio::net::TcpStream;
+use rustls::ServerConnection;
 
 use super::buffer::BufferPool;
 use super::timer::TimerId;
@@ -14,6 +15,9 @@ use crate::CloseReason;
 
 pub struct Link {
     pub stream: TcpStream,
+    /// The TLS session of a connection on a TLS listener (boxed: a plain connection pays one
+    /// pointer for it); what the rest of the reactor reads and writes is the plaintext.
+    pub tls: Option<Box<ServerConnection>>,
     /// The start of a frame or request whose end has not arrived yet; unallocated otherwise.
     pub input: Vec<u8>,
     /// Encoded output not yet written; `output[written..]` is what is left. Output limits
@@ -42,6 +46,21 @@ pub struct Link {
     pub shut_down: bool,
 }
 
+/// Plaintext handed to rustls at once: one TLS record's worth, so that what waits for the
+/// socket stays in `output`, counted against the connection's limits.
+const TLS_CHUNK: usize = 16 * 1024;
+
+/// What a read brought.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Got {
+    /// This many bytes in the caller's buffer (plaintext for TLS).
+    Data(usize),
+    /// The peer closed its side.
+    Eof,
+    /// Nothing more for now.
+    Blocked,
+}
+
 /// What the reactor does next with a connection after it wrote to it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flushed {
@@ -55,6 +74,7 @@ impl Link {
     pub fn new(stream: TcpStream, generation: u32, now: u32) -> Self {
         Link {
             stream,
+            tls: None,
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
@@ -92,25 +112,112 @@ impl Link {
         &mut self.output
     }
 
-    /// Writes pending output until done or the socket is full; the buffer goes back to the
-    /// pool once empty. A closing connection is half-closed after its last byte.
-    pub fn write_out(&mut self, pool: &mut BufferPool) -> io::Result<Flushed> {
-        while (self.written as usize) < self.output.len() {
-            match self.stream.write(&self.output[self.written as usize..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n as u32,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+    /// Reads what the peer sent into `buf`: its bytes, or for TLS the plaintext of the
+    /// records that arrived (a record's worth at a time at most).
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<Got> {
+        let Some(tls) = &mut self.tls else {
+            return match retry(|| self.stream.read(buf)) {
+                Ok(0) => Ok(Got::Eof),
+                Ok(n) => Ok(Got::Data(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Got::Blocked),
+                Err(e) => Err(e),
+            };
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(0) => return Ok(Got::Eof), // close_notify
+                Ok(n) => return Ok(Got::Data(n)),
+                // A close without close_notify: a truncation, but the peer is gone all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Got::Eof),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
+            match retry(|| tls.read_tls(&mut self.stream)) {
+                Ok(0) => return Ok(Got::Eof),
+                Ok(_) => {
+                    // A TLS error leaves an alert queued; the reaping writes it if it can.
+                    tls.process_new_packets()
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Got::Blocked),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Something is waiting to be written: output, or TLS records (handshake messages,
+    /// alerts, session tickets).
+    pub fn wants_write(&self) -> bool {
+        self.pending() > 0 || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// The TLS handshake is still under way.
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+    }
+
+    /// Writes pending output until done or the socket is full; the buffer goes back to the
+    /// pool once empty. A closing connection is half-closed after its last byte (and, over
+    /// TLS, its close_notify).
+    pub fn write_out(&mut self, pool: &mut BufferPool) -> io::Result<Flushed> {
+        loop {
+            // Records rustls holds are older than anything still in `output`: they go first.
+            if let Some(tls) = &mut self.tls
+                && tls.wants_write()
+            {
+                match retry(|| tls.write_tls(&mut self.stream)) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                    Err(e) => return Err(e),
+                }
+            }
+            let rest = &self.output[self.written as usize..];
+            if rest.is_empty() {
+                break;
+            }
+            let wrote = match &mut self.tls {
+                None => match retry(|| self.stream.write(rest)) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                    Err(e) => return Err(e),
+                },
+                // rustls takes plaintext until its buffer limit; mid-handshake it may take none.
+                Some(tls) => match tls.writer().write(&rest[..rest.len().min(TLS_CHUNK)])? {
+                    0 => return Ok(Flushed::Blocked),
+                    n => n,
+                },
+            };
+            self.written += wrote as u32;
         }
         pool.give(std::mem::take(&mut self.output));
         self.written = 0;
         if self.closing.is_some() && !self.shut_down {
+            if let Some(tls) = &mut self.tls
+                && !tls.wants_write()
+            {
+                tls.send_close_notify();
+                if tls.wants_write() {
+                    return self.write_out(pool);
+                }
+            }
             self.shut_down = true;
             self.stream.shutdown(Shutdown::Write)?;
         }
         Ok(Flushed::Done)
+    }
+
+    /// A last attempt to say goodbye before the connection is freed: `bytes` (a WebSocket
+    /// close frame, say) and a TLS close_notify or pending alert, written if the socket takes
+    /// them at once. Nothing waits for it.
+    pub fn last_words(&mut self, bytes: &[u8], pool: &mut BufferPool) {
+        if self.shut_down {
+            return;
+        }
+        self.output(pool).extend_from_slice(bytes);
+        self.closing.get_or_insert(crate::CloseReason::Shutdown);
+        let _ = self.write_out(pool);
     }
 
     /// Gives both buffers back to the pool; the connection is going away.
@@ -126,11 +233,26 @@ impl Link {
     }
 }
 
+/// Runs an I/O call again while a signal interrupts it.
+fn retry<T>(mut io: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match io() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            result => return result,
+        }
+    }
+}
+
 /// Processes newly read `bytes` after what a connection kept of earlier reads, and keeps the
 /// new partial remainder in `kept`. `process` returns how many bytes it consumed, or `None`
 /// when the connection takes no more input (nothing is kept then). In the common case whole
 /// frames are processed straight out of the read buffer and nothing is copied.
-pub fn feed(kept: &mut Vec<u8>, bytes: &[u8], process: impl FnOnce(&[u8]) -> Option<usize>) {
+/// The bytes are mutable because WebSocket frames are unmasked in place.
+pub fn feed(
+    kept: &mut Vec<u8>,
+    bytes: &mut [u8],
+    process: impl FnOnce(&mut [u8]) -> Option<usize>,
+) {
     if kept.is_empty() {
         if let Some(used) = process(bytes) {
             kept.extend_from_slice(&bytes[used..]);
@@ -138,7 +260,7 @@ pub fn feed(kept: &mut Vec<u8>, bytes: &[u8], process: impl FnOnce(&[u8]) -> Opt
     } else {
         let mut data = std::mem::take(kept);
         data.extend_from_slice(bytes);
-        if let Some(used) = process(&data)
+        if let Some(used) = process(&mut data)
             && used < data.len()
         {
             data.drain(..used);

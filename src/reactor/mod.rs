@@ -8,6 +8,7 @@
 //! valid for the whole turn. See doc/LIFECYCLE.md for the life of a connection.
 
 mod buffer;
+mod clients;
 mod conn;
 mod conns;
 mod ctx;
@@ -17,9 +18,11 @@ mod link;
 mod registry;
 mod session;
 mod timer;
+pub(crate) mod tls;
 
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use log::{debug, error, info, warn};
 use mio::event::Event;
@@ -31,13 +34,13 @@ use crate::config::Config;
 use crate::handle::{self, Command, Commands, Handle};
 use crate::stats::Stats;
 use crate::upstream::{Verdict, Webhook};
+use clients::Clients;
 use conn::ClientConn;
 use ctx::Ctx;
 use deliver::PushBuffers;
 use http::{Api, HttpConn};
-use session::Step;
 
-pub use conn::CloseReason;
+pub use conn::{CloseReason, Transport};
 pub(crate) use conns::{ConnRef, HasLink, Kind, Table};
 pub(crate) use ctx::{
     Auth, AuthFn, AuthJob, Core, Hooks, MessageHook, ReloadFn, UidHook, deadline, secs_to_ticks,
@@ -46,20 +49,30 @@ pub use link::{Link, feed};
 pub use registry::Registry;
 pub use timer::{TimerId, TimerWheel};
 
-/// The two listeners.
+/// The listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Side {
-    /// Clients and inner connections, speaking the Plex protocol.
+    /// Clients and inner connections, speaking the Plex protocol over TCP.
     Plex = 0,
     /// The HTTP API.
     Http = 1,
+    /// The Plex protocol over TLS.
+    Tls = 2,
+    /// The Plex protocol's messages over WebSocket (over TLS when a certificate is set).
+    Ws = 3,
 }
 
-// The reactor's own tokens; connections' tokens are `ConnRef`s.
-const PLEX_LISTENER: Token = ConnRef::fixed(Side::Plex as usize);
-const HTTP_LISTENER: Token = ConnRef::fixed(Side::Http as usize);
-const WAKER: Token = ConnRef::fixed(2);
-const SIGNALS: Token = ConnRef::fixed(3);
+impl Side {
+    const ALL: [Side; 4] = [Side::Plex, Side::Http, Side::Tls, Side::Ws];
+
+    fn token(self) -> Token {
+        ConnRef::fixed(self as usize)
+    }
+}
+
+// The reactor's own tokens (listeners: their `Side`); connections' tokens are `ConnRef`s.
+const WAKER: Token = ConnRef::fixed(4);
+const SIGNALS: Token = ConnRef::fixed(5);
 
 /// Shared read buffer: the most one `read` takes from a socket.
 const SCRATCH_LEN: usize = 64 * 1024;
@@ -76,12 +89,21 @@ pub(crate) enum AuthSource {
     Webhook(Box<Webhook>),
 }
 
+/// What a server listens on: each side's listener, and the TLS settings of its TLS and wss
+/// listeners.
+pub(crate) struct Listeners {
+    pub bound: Vec<(Side, TcpListener)>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 pub(crate) struct Reactor {
     poll: Poll,
     events: Events,
-    /// Indexed by `Side`; `None` once shutting down: no more accepts.
-    listeners: [Option<TcpListener>; 2],
-    addrs: [SocketAddr; 2],
+    /// Indexed by `Side`; `None` when not configured, and once shutting down.
+    listeners: [Option<TcpListener>; 4],
+    addrs: [Option<SocketAddr>; 4],
+    /// For the TLS listener and wss; replaced on SIGHUP.
+    tls: Option<Arc<rustls::ServerConfig>>,
     ctx: Ctx,
     clients: Table<ClientConn>,
     https: Table<HttpConn>,
@@ -111,15 +133,17 @@ impl Reactor {
         config: &Config,
         auth: AuthSource,
         hooks: Hooks,
-        listeners: [TcpListener; 2],
+        listeners: Listeners,
         signals: Option<Signals>,
     ) -> io::Result<(Self, Handle)> {
         let poll = Poll::new()?;
-        let [mut plex, mut http] = listeners;
-        let addrs = [plex.local_addr()?, http.local_addr()?];
         let registry = poll.registry();
-        registry.register(&mut plex, PLEX_LISTENER, Interest::READABLE)?;
-        registry.register(&mut http, HTTP_LISTENER, Interest::READABLE)?;
+        let (mut bound, mut addrs) = (<[Option<TcpListener>; 4]>::default(), [None; 4]);
+        for (side, mut listener) in listeners.bound {
+            registry.register(&mut listener, side.token(), Interest::READABLE)?;
+            addrs[side as usize] = Some(listener.local_addr()?);
+            bound[side as usize] = Some(listener);
+        }
         let mut signals = signals;
         if let Some(signals) = &mut signals {
             registry.register(signals, SIGNALS, Interest::READABLE)?;
@@ -132,8 +156,9 @@ impl Reactor {
         let reactor = Reactor {
             poll,
             events: Events::with_capacity(1024),
-            listeners: [Some(plex), Some(http)],
+            listeners: bound,
             addrs,
+            tls: listeners.tls,
             ctx: Ctx::new(config, auth, hooks),
             clients: Table::new(Kind::Client),
             https: Table::new(Kind::Http),
@@ -157,7 +182,8 @@ impl Reactor {
         &self.poll
     }
 
-    pub fn local_addr(&self, side: Side) -> SocketAddr {
+    /// The address a listener is bound to, if the server has that listener.
+    pub fn local_addr(&self, side: Side) -> Option<SocketAddr> {
         self.addrs[side as usize]
     }
 
@@ -225,11 +251,8 @@ impl Reactor {
 
     fn dispatch(&mut self, event: &Event) {
         match event.token() {
-            PLEX_LISTENER => {
-                self.accept(Side::Plex);
-            }
-            HTTP_LISTENER => {
-                self.accept(Side::Http);
+            token if ConnRef::from_token(token).kind() == Kind::Fixed && token.0 < WAKER.0 => {
+                self.accept(Side::ALL[ConnRef::from_token(token).key()]);
             }
             WAKER => self.commands_left = true,
             SIGNALS => self.on_signal(),
@@ -276,75 +299,56 @@ impl Reactor {
     /// Reads a client connection until its socket is drained or its budget is spent, and
     /// processes what arrived.
     fn read_client(&mut self, r: ConnRef) {
-        let key = r.key();
         let mut budget = READ_BUDGET;
-        while let Some(conn) = self.clients.get(r) {
-            match conn.link.stream.read(&mut self.scratch) {
-                Ok(0) => {
-                    let reason = conn.link.closing.unwrap_or(CloseReason::PeerClosed);
-                    self.clients.doom(key, reason);
-                }
-                Ok(n) => {
-                    // A closing connection's input is discarded: it only waits for EOF.
-                    if conn.link.closing.is_none() {
-                        let bytes = &self.scratch[..n];
-                        ingest_frames(&mut self.ctx, &mut self.clients, &mut self.push, key, bytes);
-                    }
-                    if n >= budget {
-                        self.unread.push(r);
-                        return;
-                    }
-                    budget -= n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("{}: read: {e}", Table::<ClientConn>::name(r));
-                    self.clients.doom(key, CloseReason::IoError);
-                }
+        while let Some(n) = self.clients.read(r, &mut self.scratch) {
+            // A closing connection's input is discarded: it only waits for EOF.
+            if self.clients[r.key()].link.closing.is_none() {
+                let mut clients = Clients {
+                    ctx: &mut self.ctx,
+                    table: &mut self.clients,
+                    push: &mut self.push,
+                };
+                clients.ingest(r.key(), &mut self.scratch[..n]);
             }
+            if n >= budget {
+                self.unread.push(r);
+                break;
+            }
+            budget -= n;
+        }
+        // TLS may have handshake records or an alert to send.
+        if self.clients.get(r).is_some_and(|c| c.link.wants_write()) {
+            self.clients.mark_dirty(r.key());
         }
     }
 
     /// Reads an HTTP connection, unless its reading is paused for its unwritten responses.
     fn read_http(&mut self, r: ConnRef) {
-        let key = r.key();
         let mut budget = READ_BUDGET;
-        while let Some(conn) = self.https.get(r) {
-            if conn.link.read_paused {
+        while self.https.get(r).is_some_and(|c| !c.link.read_paused)
+            && let Some(n) = self.https.read(r, &mut self.scratch)
+        {
+            if self.https[r.key()].link.closing.is_none() {
+                self.ingest_requests(r.key(), n);
+            }
+            if n >= budget {
+                self.unread.push(r);
                 return;
             }
-            match conn.link.stream.read(&mut self.scratch) {
-                Ok(0) => {
-                    let reason = conn.link.closing.unwrap_or(CloseReason::PeerClosed);
-                    self.https.doom(key, reason);
-                }
-                Ok(n) => {
-                    if conn.link.closing.is_none() {
-                        let bytes = &self.scratch[..n];
-                        ingest_requests(
-                            &mut self.ctx,
-                            &mut self.clients,
-                            &mut self.https,
-                            &mut self.push,
-                            key,
-                            bytes,
-                        );
-                    }
-                    if n >= budget {
-                        self.unread.push(r);
-                        return;
-                    }
-                    budget -= n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("{}: read: {e}", Table::<HttpConn>::name(r));
-                    self.https.doom(key, CloseReason::IoError);
-                }
-            }
+            budget -= n;
         }
+    }
+
+    /// Answers the requests in the first `n` bytes of the read buffer (after what the
+    /// connection kept).
+    fn ingest_requests(&mut self, key: usize, n: usize) {
+        let mut api = Api {
+            ctx: &mut self.ctx,
+            clients: &mut self.clients,
+            push: &mut self.push,
+            stats: &stats,
+        };
+        http::ingest(&mut api, &mut self.https, key, &mut self.scratch[..n]);
     }
 
     fn flush_http(&mut self, r: ConnRef) {
@@ -362,14 +366,7 @@ impl Reactor {
             return;
         };
         conn.link.read_paused = false;
-        ingest_requests(
-            &mut self.ctx,
-            &mut self.clients,
-            &mut self.https,
-            &mut self.push,
-            r.key(),
-            &[],
-        );
+        self.ingest_requests(r.key(), 0);
         if self.https.get(r).is_some_and(|c| !c.link.read_paused) {
             self.read_http(r);
         }
@@ -409,8 +406,8 @@ impl Reactor {
             };
             match listener.accept() {
                 Ok((stream, addr)) => match side {
-                    Side::Plex => self.admit_client(stream, addr),
                     Side::Http => self.admit_http(stream, addr),
+                    _ => self.admit_client(side, stream, addr),
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -442,7 +439,7 @@ impl Reactor {
         }
     }
 
-    fn admit_client(&mut self, stream: TcpStream, addr: SocketAddr) {
+    fn admit_client(&mut self, side: Side, stream: TcpStream, addr: SocketAddr) {
         let cap = self.ctx.limits.max_connection;
         if cap > 0 && self.ctx.gauges.clients as usize >= cap {
             self.ctx.counters.rejected += 1;
@@ -461,12 +458,44 @@ impl Reactor {
         {
             debug!("{addr}: SO_SNDBUF: {e}");
         }
-        let Some(r) = self.register(Kind::Client, stream, addr) else {
-            return;
+        let tls = match (side, &self.tls) {
+            (Side::Tls | Side::Ws, Some(config)) => {
+                match rustls::ServerConnection::new(config.clone()) {
+                    Ok(session) => Some(Box::new(session)),
+                    Err(e) => {
+                        error!("{addr}: cannot start a TLS session: {e}");
+                        return;
+                    }
+                }
+            }
+            _ => None,
         };
+        let now = self.ctx.core.clock.tick32();
+        let r = self.clients.next_ref();
+        let mut link = Link::new(stream, r.generation(), now);
+        link.tls = tls;
+        let mut conn = ClientConn::new(link);
+        if side == Side::Ws {
+            conn.ws = Some(Box::default());
+        }
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut conn.link.stream, r.token(), Interest::READABLE)
+        {
+            error!("{addr}: cannot register connection: {e}");
+            return;
+        }
+        let (due, _) = session::timeout_of(&self.ctx, &conn);
+        self.ctx.core.arm(&mut conn.link, r, due);
+        self.ctx.gauges.transports[conn.transport() as usize] += 1;
+        self.clients.insert(conn);
         self.ctx.counters.accepted += 1;
         self.ctx.gauges.clients += 1;
-        debug!("{addr}: accepted as {}", Table::<ClientConn>::name(r));
+        debug!(
+            "{addr}: accepted on {side:?} as {}",
+            Table::<ClientConn>::name(r)
+        );
     }
 
     fn admit_http(&mut self, stream: TcpStream, addr: SocketAddr) {
@@ -476,10 +505,22 @@ impl Reactor {
             debug!("{addr}: refused, HTTP connection cap of {cap} reached");
             return;
         }
-        if let Some(r) = self.register(Kind::Http, stream, addr) {
-            self.ctx.gauges.http += 1;
-            debug!("{addr}: accepted as {}", Table::<HttpConn>::name(r));
+        let now = self.ctx.core.clock.tick32();
+        let r = self.https.next_ref();
+        let mut link = Link::new(stream, r.generation(), now);
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut link.stream, r.token(), Interest::READABLE)
+        {
+            error!("{addr}: cannot register connection: {e}");
+            return;
         }
+        let due = deadline(now, self.ctx.limits.http_idle_ticks);
+        self.ctx.core.arm(&mut link, r, due);
+        self.https.insert(HttpConn::new(link));
+        self.ctx.gauges.http += 1;
+        debug!("{addr}: accepted as {}", Table::<HttpConn>::name(r));
     }
 
     /// Makes room at `MaxHttpConnections` by closing the connection that has shown no bearer
@@ -501,35 +542,6 @@ impl Reactor {
             }
             None => false,
         }
-    }
-
-    /// Inserts an accepted connection into its table and sets its first timer.
-    fn register(&mut self, kind: Kind, stream: TcpStream, addr: SocketAddr) -> Option<ConnRef> {
-        let now = self.ctx.core.clock.tick32();
-        let registry = self.poll.registry();
-        let r = match kind {
-            Kind::Client => self.clients.next_ref(),
-            _ => self.https.next_ref(),
-        };
-        let mut link = Link::new(stream, r.generation(), now);
-        if let Err(e) = registry.register(&mut link.stream, r.token(), Interest::READABLE) {
-            error!("{addr}: cannot register connection: {e}");
-            return None;
-        }
-        let core = &mut self.ctx.core;
-        match kind {
-            Kind::Client => {
-                let mut conn = ClientConn::new(link);
-                let (due, _) = session::timeout_of(&self.ctx, &conn);
-                self.ctx.core.arm(&mut conn.link, r, due);
-                self.clients.insert(conn);
-            }
-            _ => {
-                core.arm(&mut link, r, deadline(now, self.ctx.limits.http_idle_ticks));
-                self.https.insert(HttpConn::new(link));
-            }
-        }
-        Some(r)
     }
 
     fn expire_timers(&mut self) {
@@ -631,14 +643,13 @@ impl Reactor {
                 continue;
             };
             let step = session::finish_auth(&mut self.ctx, conn, ticket, verdict);
-            apply(
-                &mut self.ctx,
-                &mut self.clients,
-                &mut self.push,
-                ticket.key(),
-                step,
-            );
-            settle_output(&mut self.clients, ticket.key());
+            let mut clients = Clients {
+                ctx: &mut self.ctx,
+                table: &mut self.clients,
+                push: &mut self.push,
+            };
+            clients.apply(ticket.key(), step);
+            clients.settle_output(ticket.key());
         }
     }
 
@@ -658,7 +669,7 @@ impl Reactor {
     }
 
     fn run_command(&mut self, command: Command) {
-        let (ctx, clients, frame) = (&mut self.ctx, &mut self.clients, &mut self.push.frame);
+        let (ctx, clients, frame) = (&mut self.ctx, &mut self.clients, &mut self.push.frames);
         match command {
             Command::Push { uids, uri, body } => {
                 if let Err(e) = deliver::push(ctx, clients, frame, &uids, &uri, &body) {
@@ -704,9 +715,11 @@ impl Reactor {
                 .link
                 .doomed
                 .expect("only doomed connections are reaped");
+            clients::goodbye(&mut conn, reason, &mut ctx.core.pool);
             release(ctx, registry, &mut conn.link);
             ctx.counters.closed(reason);
             ctx.gauges.clients -= 1;
+            ctx.gauges.transports[conn.transport() as usize] -= 1;
             match conn.state {
                 conn::State::Unauthenticated { .. } => debug!("c#{key}: closed ({reason})"),
                 conn::State::Inner => {
@@ -866,132 +879,6 @@ impl Reactor {
     }
 }
 
-/// Processes newly read bytes of client connection `key` (after any partial frame it kept)
-/// and keeps the new partial remainder.
-fn ingest_frames(
-    ctx: &mut Ctx,
-    clients: &mut Table<ClientConn>,
-    push: &mut PushBuffers,
-    key: usize,
-    bytes: &[u8],
-) {
-    let mut input = std::mem::take(&mut clients[key].link.input);
-    feed(&mut input, bytes, |data| {
-        process_frames(ctx, clients, push, key, data)
-    });
-    let link = &mut clients[key].link;
-    if link.is_done() {
-        ctx.core.pool.give(input);
-    } else {
-        if !input.is_empty() {
-            // The rest of a frame is on its way; a client that splits its writes with Nagle
-            // on waits for our ACK before sending it: do not delay that ACK.
-            let _ = socket2::SockRef::from(&link.stream).set_tcp_quickack(true);
-        }
-        link.input = input;
-    }
-    settle_output(clients, key);
-}
-
-/// Answers the requests in newly read bytes of HTTP connection `key` (after what it kept).
-fn ingest_requests(
-    ctx: &mut Ctx,
-    clients: &mut Table<ClientConn>,
-    https: &mut Table<HttpConn>,
-    push: &mut PushBuffers,
-    key: usize,
-    bytes: &[u8],
-) {
-    let mut input = std::mem::take(&mut https[key].link.input);
-    let mut api = Api {
-        ctx,
-        clients,
-        push,
-        stats: &stats,
-    };
-    feed(&mut input, bytes, |data| {
-        let used = http::process(&mut api, https, key, data);
-        (!https[key].link.is_done()).then_some(used)
-    });
-    let link = &mut https[key].link;
-    if link.is_done() {
-        api.ctx.core.pool.give(input);
-    } else {
-        link.input = input;
-    }
-}
-
-/// Handles the complete frames at the start of `data`; returns how many bytes they took, or
-/// `None` once the connection takes no more input.
-fn process_frames(
-    ctx: &mut Ctx,
-    clients: &mut Table<ClientConn>,
-    push: &mut PushBuffers,
-    key: usize,
-    data: &[u8],
-) -> Option<usize> {
-    let r = clients.ref_of(key);
-    let mut used = 0;
-    loop {
-        let conn = &mut clients[key];
-        if conn.link.is_done() {
-            return None;
-        }
-        // The limit is read per frame: an inner connection may send larger ones as soon as
-        // it has authenticated, possibly in the same read.
-        let max = match conn.state {
-            conn::State::Inner => ctx.limits.max_inner_frame,
-            _ => ctx.limits.max_frame,
-        };
-        let decoder = crate::protocol::Decoder::new(ctx.limits.order, max);
-        match decoder.decode(&data[used..]) {
-            Ok(Some((payload, len))) => {
-                used += len;
-                let step = session::on_frame(ctx, conn, r, payload);
-                apply(ctx, clients, push, key, step);
-            }
-            Ok(None) => return Some(used),
-            Err(e) => {
-                warn!("{}: {e}; closing", Table::<ClientConn>::name(r));
-                clients.doom(key, CloseReason::FrameTooLarge);
-                return None;
-            }
-        }
-    }
-}
-
-/// Carries out what a handler decided for client connection `key`.
-fn apply(
-    ctx: &mut Ctx,
-    clients: &mut Table<ClientConn>,
-    push: &mut PushBuffers,
-    key: usize,
-    step: Step,
-) {
-    match step {
-        Step::Continue => {}
-        Step::Close(reason) => clients.doom(key, reason),
-        Step::Linger(reason) => {
-            let r = clients.ref_of(key);
-            let ticks = ctx.linger_ticks(&clients[key].link);
-            ctx.core.linger(&mut clients[key].link, r, reason, ticks);
-            clients.mark_dirty(key);
-        }
-        Step::Push(raw) => {
-            let from = Table::<ClientConn>::name(clients.ref_of(key));
-            deliver::push_from_inner(ctx, clients, push, raw, &from);
-        }
-    }
-}
-
-/// A connection that got output from its own frames goes on the turn's flush list.
-fn settle_output(clients: &mut Table<ClientConn>, key: usize) {
-    let link = &clients[key].link;
-    if link.pending() > 0 && link.doomed.is_none() {
-        clients.mark_dirty(key);
-    }
-}
-
 /// Gives a reaped connection's timer, registration and buffers back.
 fn release(ctx: &mut Ctx, registry: &mio::Registry, link: &mut Link) {
     ctx.core.disarm(link);
@@ -1012,6 +899,7 @@ fn stats(ctx: &Ctx, clients: &Table<ClientConn>) -> Stats {
             inner: ctx.gauges.inner,
             uids: ctx.registry.uids() as u64,
             http_connections: ctx.gauges.http,
+            transports: ctx.gauges.transports,
             buffered_bytes: buffered,
         },
         ctx.core.clock.uptime().as_secs(),

@@ -6,13 +6,14 @@
 
 use log::{debug, info, trace, warn};
 
-use super::conn::{ClientConn, State};
+use super::conn::{ClientConn, Framing, State};
 use super::conns::{ConnRef, Table};
 use super::ctx::{Auth, AuthJob, Core, Ctx, Limits, deadline};
 use crate::CloseReason;
 use crate::auth::{AuthRequest, AuthTicket, AuthVerdict};
-use crate::protocol::message::{RawMessage, RawStr, encode_message};
+use crate::protocol::message::{RawMessage, RawStr, encode_message, write_message};
 use crate::protocol::uri;
+use crate::protocol::ws::{self, Opcode};
 
 /// Output an unauthenticated connection may leave unread: a few answers, not `MaxPendingBytes`.
 pub const UNAUTHENTICATED_OUTPUT: usize = 4 * 1024;
@@ -42,11 +43,7 @@ pub fn on_frame<'a>(
     r: ConnRef,
     payload: &'a [u8],
 ) -> Step<'a> {
-    let now = ctx.core.clock.tick32();
-    let authenticated = !matches!(conn.state, State::Unauthenticated { .. });
-    if authenticated {
-        conn.link.last_active = now;
-    }
+    activity(ctx, conn);
     if payload.is_empty() {
         return Step::Continue; // a keep-alive frame
     }
@@ -79,6 +76,14 @@ pub fn on_frame<'a>(
         }
         State::User { .. } => on_user(ctx, conn, r, message),
         State::Inner => on_inner(ctx, conn, r, message),
+    }
+}
+
+/// Anything an authenticated connection sends keeps it alive; before authentication nothing
+/// does (the auth timeout counts from the accept).
+pub fn activity(ctx: &Ctx, conn: &mut ClientConn) {
+    if !matches!(conn.state, State::Unauthenticated { .. }) {
+        conn.link.last_active = ctx.core.clock.tick32();
     }
 }
 
@@ -119,8 +124,9 @@ fn on_unauthenticated<'a>(
     }
 }
 
-/// Runs the auth function about a client's token, or queues it for the webhook.
-fn authenticate<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef, token: &str) -> Step<'a> {
+/// Runs the auth function about a client's token, or queues it for the webhook. Called for
+/// `/auth/server`, and for the token a WebSocket upgrade carried.
+pub fn authenticate<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef, token: &str) -> Step<'a> {
     let verdict = match &mut ctx.auth {
         Auth::Function(auth) => auth(AuthRequest {
             token,
@@ -276,19 +282,45 @@ fn on_inner<'a>(
     }
 }
 
-/// Queues a frame `{seq, uri}` to the connection.
+/// Queues a frame `{seq, uri}` to the connection, in its framing.
 fn reply<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef, uri: &str) -> Step<'a> {
     let seq = ctx.next_seq();
     let order = ctx.limits.order;
-    let queued = queue(&mut ctx.core, &ctx.limits, conn, r, REPLY_MAX, |out| {
-        encode_message(out, order, seq, uri, "")
-    });
+    let framing = conn.framing();
+    let queued = queue(
+        &mut ctx.core,
+        &ctx.limits,
+        conn,
+        r,
+        REPLY_MAX,
+        |out| match framing {
+            Framing::Length => encode_message(out, order, seq, uri, ""),
+            Framing::WebSocket => {
+                ws::encode_with(out, Opcode::Text, |out| write_message(out, seq, uri, ""))
+            }
+        },
+    );
     match queued {
         Ok(()) => Step::Continue,
         Err(reason) => {
             debug!("{}: not reading its answers; closing", name(r));
             Step::Close(reason)
         }
+    }
+}
+
+/// Queues a WebSocket control frame (a pong, a close) of at most `len` payload bytes.
+pub fn queue_control<'a>(
+    ctx: &mut Ctx,
+    conn: &mut ClientConn,
+    r: ConnRef,
+    len: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> Step<'a> {
+    let len = len + ws::MAX_HEADER_LEN;
+    match queue(&mut ctx.core, &ctx.limits, conn, r, len, write) {
+        Ok(()) => Step::Continue,
+        Err(reason) => Step::Close(reason),
     }
 }
 
@@ -335,6 +367,10 @@ pub fn timeout_of(ctx: &Ctx, conn: &ClientConn) -> (u64, CloseReason) {
     let limits = &ctx.limits;
     if let Some(reason) = link.closing {
         return (deadline(link.last_active, ctx.linger_ticks(link)), reason);
+    }
+    if conn.is_handshaking() {
+        let due = deadline(link.last_active, limits.handshake_ticks);
+        return (due, CloseReason::HandshakeTimeout);
     }
     let idle = match conn.state {
         State::Unauthenticated { .. } => {

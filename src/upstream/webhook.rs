@@ -318,7 +318,7 @@ impl Webhook {
                 Ok(0) => return self.on_eof(key, None, done),
                 Ok(n) => {
                     let mut input = std::mem::take(&mut self.conns[key].link.input);
-                    feed(&mut input, &scratch[..n], |bytes| {
+                    feed(&mut input, &mut scratch[..n], |bytes| {
                         self.on_bytes(key, bytes, core, done)
                     });
                     let link = &mut self.conns[key].link;
