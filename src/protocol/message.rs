@@ -256,25 +256,28 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Appends `{seq, uri, body}` as one frame to `out`, omitting `seq` when 0 and `body` when
-/// empty as Go's `omitempty` does. Written by hand, byte for byte what serde_json writes:
-/// this runs once per push, and most of a push's bytes need no escaping.
+/// Appends `{seq, uri, body}` as one frame to `out` (see [`write_message`]).
 pub fn encode_message(out: &mut Vec<u8>, order: ByteOrder, seq: i64, uri: &str, body: &str) {
-    frame::encode_with(out, order, |out| {
-        out.push(b'{');
-        if seq != 0 {
-            out.extend_from_slice(b"\"seq\":");
-            write_i64(out, seq);
-            out.push(b',');
-        }
-        out.extend_from_slice(b"\"uri\":");
-        write_json_str(out, uri);
-        if !body.is_empty() {
-            out.extend_from_slice(b",\"body\":");
-            write_json_str(out, body);
-        }
-        out.push(b'}');
-    });
+    frame::encode_with(out, order, |out| write_message(out, seq, uri, body));
+}
+
+/// Appends `{seq, uri, body}` as a payload (no header) to `out`, omitting `seq` when 0 and
+/// `body` when empty as Go's `omitempty` does. Written by hand, byte for byte what serde_json
+/// writes: this runs once per push, and most of a push's bytes need no escaping.
+pub fn write_message(out: &mut Vec<u8>, seq: i64, uri: &str, body: &str) {
+    out.push(b'{');
+    if seq != 0 {
+        out.extend_from_slice(b"\"seq\":");
+        write_i64(out, seq);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"uri\":");
+    write_json_str(out, uri);
+    if !body.is_empty() {
+        out.extend_from_slice(b",\"body\":");
+        write_json_str(out, body);
+    }
+    out.push(b'}');
 }
 
 fn write_i64(out: &mut Vec<u8>, n: i64) {
