@@ -85,14 +85,10 @@ impl Connection {
 
     /// Sends `{uri, body}` (no `seq`, as clients do).
     pub fn send(&mut self, uri: &str, body: &str) -> io::Result<()> {
-        send_message(
-            &mut self.stream,
-            &mut self.output,
-            self.order,
-            self.codec,
-            uri,
-            body,
-        )
+        self.output.clear();
+        self.codec
+            .write_frame(&mut self.output, self.order, 0, uri, body);
+        self.stream.write_all(&self.output)
     }
 
     /// Waits for the next message, at most `timeout` (`None`: forever). A timeout is an
@@ -177,14 +173,10 @@ pub struct FrameWriter {
 impl FrameWriter {
     /// Sends `{uri, body}` (no `seq`, as clients do).
     pub fn send(&mut self, uri: &str, body: &str) -> io::Result<()> {
-        send_message(
-            &mut self.stream,
-            &mut self.output,
-            self.order,
-            self.codec,
-            uri,
-            body,
-        )
+        self.output.clear();
+        self.codec
+            .write_frame(&mut self.output, self.order, 0, uri, body);
+        self.stream.write_all(&self.output)
     }
 
     /// Bounds how long a write may block on a server that does not read.
@@ -209,19 +201,6 @@ impl Write for FrameWriter {
     fn flush(&mut self) -> io::Result<()> {
         self.stream.flush()
     }
-}
-
-fn send_message(
-    stream: &mut TcpStream,
-    output: &mut Vec<u8>,
-    order: ByteOrder,
-    codec: Codec,
-    uri: &str,
-    body: &str,
-) -> io::Result<()> {
-    output.clear();
-    codec.write_frame(output, order, 0, uri, body);
-    stream.write_all(output)
 }
 
 /// Connects to the first reachable address of `addr`, waiting at most `timeout` for each.
