@@ -92,6 +92,11 @@ struct Input<'a>(&'a [u8]);
 impl<'a> Input<'a> {
     /// A varint of at most `max_len` bytes.
     fn varint_of(&mut self, max_len: usize) -> Result<u64, ProtoError> {
+        // Tags, and lengths under 128, take one byte.
+        if let [byte @ 0..0x80, rest @ ..] = self.0 {
+            self.0 = rest;
+            return Ok(u64::from(*byte));
+        }
         let mut value = 0;
         for (i, &byte) in self.0.iter().take(max_len).enumerate() {
             // Bits shifted past 64 (only from a 10th byte) are dropped.
