@@ -2,6 +2,10 @@
 //! prost's derived one, on a typical push as the server sends it: `seq` a Unix time in
 //! milliseconds, a short `uri`, and a 100-byte body, plain text or a JSON document (which the
 //! JSON form escapes). Frame sizes are printed once at the start.
+//!
+//! This decided for the hand-written protobuf codec: prost's derived message owns its strings,
+//! so it copies the server's strings before encoding and allocates (or, merged into a kept
+//! message, copies) on decoding, where the hand-written one borrows.
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -8,9 +8,9 @@
 //! unexpected wire type (`\t`, `\n`, `\r`), of unknown field 4 (space) or a group (`{`):
 //! nothing an encoder of this message writes first.
 //!
-//! Both forms encode an empty message as an empty payload in protobuf, which is also the
-//! keep-alive frame: an all-default message cannot be told from a keep-alive, and is one. The
-//! server never sends such a message (its `uri` is always set), nor do the clients.
+//! In protobuf an all-default message (`seq` 0, `uri` and `body` empty) is an empty payload,
+//! which is also the keep-alive frame: it cannot be told from a keep-alive, and is taken for
+//! one. Neither the server nor the clients send such a message: their `uri` is always set.
 
 use std::fmt;
 
