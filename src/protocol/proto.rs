@@ -11,8 +11,9 @@
 //! with an unexpected wire type; the last of a repeated field wins; `uri` and `body` must be
 //! UTF-8. Groups (wire types 3 and 4, deprecated and never written for this message) are an
 //! error here, where upb and prost skip them. A tag or a length takes at most 5 bytes and any
-//! other varint at most 10, of which the bits past 64 are dropped, as upb does (prost rejects
-//! them). Nothing is read past the payload: whatever runs off its end is `Truncated`.
+//! other varint at most 10, of which the bits past 64 are dropped, as upb does (prost takes
+//! tags and lengths of up to 10 bytes, and rejects bits past 64). Nothing is read past the
+//! payload: whatever runs off its end is `Truncated`.
 
 use std::borrow::Cow;
 use std::fmt;
