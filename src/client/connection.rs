@@ -5,8 +5,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::protocol::message::encode_message;
-use crate::protocol::{ByteOrder, Decoder, Message, uri};
+use crate::protocol::{ByteOrder, Codec, Decoder, Message, uri};
 
 /// How long `connect` waits for each address, as the Android SDK does.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -14,10 +13,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_FRAME: u32 = 16 * 1024 * 1024;
 
 /// A framed connection to a Plex server, read and written by one thread; [`Connection::writer`]
-/// gives another thread its sending half.
+/// gives another thread its sending half. It speaks JSON unless [`Connection::with_codec`]
+/// says otherwise.
 pub struct Connection {
     stream: TcpStream,
     order: ByteOrder,
+    codec: Codec,
     /// Bytes read but not yet returned as messages (a partial frame survives a timeout).
     input: Vec<u8>,
     output: Vec<u8>,
@@ -44,9 +45,21 @@ impl Connection {
         Ok(Connection {
             stream,
             order,
+            codec: Codec::Json,
             input: Vec::new(),
             output: Vec::new(),
         })
+    }
+
+    /// Writes and reads messages in `codec` from now on. A server set to `auto` answers in
+    /// the codec of the first message it gets.
+    pub fn with_codec(mut self, codec: Codec) -> Connection {
+        self.codec = codec;
+        self
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 
     /// The server's address.
@@ -65,13 +78,17 @@ impl Connection {
         Ok(FrameWriter {
             stream: self.stream.try_clone()?,
             order: self.order,
+            codec: self.codec,
             output: Vec::new(),
         })
     }
 
     /// Sends `{uri, body}` (no `seq`, as clients do).
     pub fn send(&mut self, uri: &str, body: &str) -> io::Result<()> {
-        send_message(&mut self.stream, &mut self.output, self.order, uri, body)
+        self.output.clear();
+        self.codec
+            .write_frame(&mut self.output, self.order, 0, uri, body);
+        self.stream.write_all(&self.output)
     }
 
     /// Waits for the next message, at most `timeout` (`None`: forever). A timeout is an
@@ -87,10 +104,10 @@ impl Connection {
                 let message = if payload.is_empty() {
                     None // keep-alive
                 } else {
-                    Some(
-                        Message::decode(payload)
-                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
-                    )
+                    let message = self.codec.decode(payload);
+                    let message =
+                        message.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+                    Some(message?.into_owned())
                 };
                 self.input.drain(..used);
                 match message {
@@ -149,13 +166,17 @@ impl Connection {
 pub struct FrameWriter {
     stream: TcpStream,
     order: ByteOrder,
+    codec: Codec,
     output: Vec<u8>,
 }
 
 impl FrameWriter {
     /// Sends `{uri, body}` (no `seq`, as clients do).
     pub fn send(&mut self, uri: &str, body: &str) -> io::Result<()> {
-        send_message(&mut self.stream, &mut self.output, self.order, uri, body)
+        self.output.clear();
+        self.codec
+            .write_frame(&mut self.output, self.order, 0, uri, body);
+        self.stream.write_all(&self.output)
     }
 
     /// Bounds how long a write may block on a server that does not read.
@@ -170,7 +191,7 @@ impl FrameWriter {
     }
 }
 
-/// Raw bytes, for frames encoded beforehand with this connection's byte order; a caller that
+/// Raw bytes, for frames encoded beforehand with this connection's byte order and codec; a caller that
 /// needs to know how far a failed write got uses `write` rather than `write_all`.
 impl Write for FrameWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -180,18 +201,6 @@ impl Write for FrameWriter {
     fn flush(&mut self) -> io::Result<()> {
         self.stream.flush()
     }
-}
-
-fn send_message(
-    stream: &mut TcpStream,
-    output: &mut Vec<u8>,
-    order: ByteOrder,
-    uri: &str,
-    body: &str,
-) -> io::Result<()> {
-    output.clear();
-    encode_message(output, order, 0, uri, body);
-    stream.write_all(output)
 }
 
 /// Connects to the first reachable address of `addr`, waiting at most `timeout` for each.
@@ -204,4 +213,76 @@ pub(crate) fn connect_stream(addr: impl ToSocketAddrs, timeout: Duration) -> io:
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// How long a test waits for a frame.
+    pub(crate) const WAIT: Duration = Duration::from_secs(10);
+
+    /// The server's side of a client's connection, on a real socket: reads and writes frames
+    /// in `codec`, so that a frame in the other codec fails to decode.
+    pub(crate) fn accept(listener: &TcpListener, codec: Codec) -> Connection {
+        let (stream, _) = listener.accept().expect("a client connects");
+        let conn = Connection::from_stream(stream, ByteOrder::Big).expect("nodelay");
+        conn.with_codec(codec)
+    }
+
+    /// The next frame on `conn`'s socket, header and payload, as sent.
+    fn raw_frame(conn: &Connection) -> Vec<u8> {
+        let mut stream = conn.stream();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut frame = vec![0; 4];
+        stream.read_exact(&mut frame).unwrap();
+        let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        frame.resize(4 + len, 0);
+        stream.read_exact(&mut frame[4..]).unwrap();
+        frame
+    }
+
+    fn client_and_server(codec: Codec) -> (Connection, Connection) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = Connection::connect(addr, ByteOrder::Big).unwrap();
+        let client = client.with_codec(codec);
+        (client, accept(&listener, Codec::Json))
+    }
+
+    #[test]
+    fn speaks_json_unless_told_otherwise() {
+        let (mut client, server) = client_and_server(Codec::Json);
+        client.send(uri::HEARTBEAT, "").unwrap();
+        assert_eq!(raw_frame(&server), b"\0\0\0\x14{\"uri\":\"/heartbeat\"}");
+
+        let (mut client, server) = client_and_server(Codec::Protobuf);
+        assert_eq!(client.codec(), Codec::Protobuf);
+        client.send(uri::HEARTBEAT, "").unwrap();
+        client.writer().unwrap().send("/up", "b").unwrap();
+        assert_eq!(raw_frame(&server), b"\0\0\0\x0c\x12\x0a/heartbeat");
+        assert_eq!(raw_frame(&server), b"\0\0\0\x08\x12\x03/up\x1a\x01b");
+    }
+
+    #[test]
+    fn reads_the_server_in_its_codec() {
+        let (mut client, server) = client_and_server(Codec::Protobuf);
+        let mut server = server.with_codec(Codec::Protobuf);
+        server.send("/chat", "hello").unwrap();
+        server.stream().write_all(&[0; 4]).unwrap(); // a keep-alive
+        server.send(uri::AUTH_SUCCESS, "").unwrap();
+        assert_eq!(
+            client.recv(Some(WAIT)).unwrap(),
+            Message::new("/chat", "hello")
+        );
+        assert!(client.await_auth(WAIT).unwrap());
+
+        // JSON read as protobuf is a bad frame.
+        let mut server = server.with_codec(Codec::Json);
+        server.send("/chat", "hello").unwrap();
+        let e = client.recv(Some(WAIT)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
 }

@@ -24,6 +24,7 @@ mod host;
 mod push;
 mod user;
 
+pub use crate::protocol::Codec;
 pub use connection::{CONNECT_TIMEOUT, Connection, FrameWriter};
 pub use host::{HOST_PATH, lookup_host};
 pub use push::{

@@ -21,7 +21,7 @@ use super::backoff::Backoff;
 use super::connection::{CONNECT_TIMEOUT, Connection, FrameWriter};
 use crate::config::{ConfigError, DEFAULT_INNER_PASSWORD};
 use crate::protocol::uri::{self, BadPushUri};
-use crate::protocol::{ByteOrder, PushRequest, encode_message};
+use crate::protocol::{ByteOrder, Codec, PushRequest};
 
 /// How long `close` waits for queued pushes to be written.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +49,8 @@ pub struct PlexClientConfig {
     pub heartbeat: u64,
     /// Byte order of the length header; must match the servers'.
     pub little_endian: bool,
+    /// `"json"` (the default) or `"protobuf"`: the form of the messages on the wire.
+    pub codec: Codec,
     /// Pushes each server may hold while it is unreachable; past it `send` fails.
     pub max_queued: usize,
 }
@@ -60,6 +62,7 @@ impl Default for PlexClientConfig {
             inner_password: DEFAULT_INNER_PASSWORD.to_owned(),
             heartbeat: 60,
             little_endian: false,
+            codec: Codec::Json,
             max_queued: 4096,
         }
     }
@@ -161,6 +164,7 @@ pub struct PlexClient {
     links: Vec<Arc<Link>>,
     threads: Vec<JoinHandle<usize>>,
     order: ByteOrder,
+    codec: Codec,
     max_queued: usize,
 }
 
@@ -177,6 +181,7 @@ impl PlexClient {
             links: Vec::new(),
             threads: Vec::new(),
             order,
+            codec: config.codec,
             max_queued: config.max_queued,
         };
         for server in &config.inner_servers {
@@ -194,6 +199,7 @@ impl PlexClient {
                 link: link.clone(),
                 password: config.inner_password.clone(),
                 order,
+                codec: config.codec,
                 heartbeat: Duration::from_secs(config.heartbeat),
             };
             client.links.push(link);
@@ -221,7 +227,9 @@ impl PlexClient {
             body: body.into(),
         };
         let mut frame = Vec::new();
-        encode_message(&mut frame, self.order, 0, uri::SEND_MSG, &request.to_json());
+        let body = request.to_json();
+        self.codec
+            .write_frame(&mut frame, self.order, 0, uri::SEND_MSG, &body);
         let frame: Frame = frame.into();
 
         // Every queue is locked at once, always in the same order: all of them get the push,
@@ -415,6 +423,7 @@ struct Worker {
     link: Arc<Link>,
     password: String,
     order: ByteOrder,
+    codec: Codec,
     heartbeat: Duration,
 }
 
@@ -497,7 +506,8 @@ impl Worker {
             d.saturating_duration_since(Instant::now())
         });
         let mut conn =
-            Connection::connect_timeout(&self.link.server, self.order, CONNECT_TIMEOUT.min(left))?;
+            Connection::connect_timeout(&self.link.server, self.order, CONNECT_TIMEOUT.min(left))?
+                .with_codec(self.codec);
         if conn.authenticate_inner(&self.password, AUTH_TIMEOUT.min(left))? {
             Ok(conn)
         } else {
@@ -694,6 +704,36 @@ mod tests {
             Err(PushError::BadUri(BadPushUri::Empty))
         );
         assert_eq!(client.send("", "/x", ""), Err(PushError::EmptyUid));
+    }
+
+    #[test]
+    fn pushes_go_out_in_the_configured_codec() {
+        use crate::client::connection::tests::{WAIT, accept};
+        let config: PlexClientConfig = serde_json::from_str(r#"{"Codec": "protobuf"}"#).unwrap();
+        assert_eq!(config.codec, Codec::Protobuf);
+        assert_eq!(PlexClientConfig::default().codec, Codec::Json);
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = PlexClient::new(PlexClientConfig {
+            inner_servers: vec![listener.local_addr().unwrap().to_string()],
+            ..config
+        })
+        .unwrap();
+        // The server's side reads protobuf only: a JSON frame would fail to decode.
+        let mut server = accept(&listener, Codec::Protobuf);
+        let auth = server.recv(Some(WAIT)).unwrap();
+        assert_eq!(auth.uri, uri::INNER_AUTH);
+        server.send(uri::AUTH_SUCCESS, "").unwrap();
+        client.wait_connected(WAIT).unwrap();
+        client.send("7", "/chat", "hi").unwrap();
+        let push = server.recv(Some(WAIT)).unwrap();
+        assert_eq!(push.uri, uri::SEND_MSG);
+        let request = PushRequest::decode(&push.body).unwrap();
+        assert_eq!(
+            (&*request.uid, &*request.uri, &*request.body),
+            ("7", "/chat", "hi")
+        );
+        client.close().unwrap();
     }
 
     #[test]

@@ -17,7 +17,7 @@ use log::{debug, info, warn};
 use super::backoff::Backoff;
 use super::connection::{Connection, FrameWriter};
 use super::host::lookup_host;
-use crate::protocol::{ByteOrder, Message, uri};
+use crate::protocol::{ByteOrder, Codec, Message, uri};
 
 /// How long the server may take to answer the authentication or the host lookup, and to
 /// take a write.
@@ -70,18 +70,21 @@ pub struct UserConfig {
     pub heartbeat: Duration,
     /// Byte order of the length header; must match the server's.
     pub little_endian: bool,
+    /// The form of the messages on the wire; the server must accept it.
+    pub codec: Codec,
     pub reconnect: Reconnect,
 }
 
 impl UserConfig {
     /// Connects straight to `server` (`host:port`), with the defaults: a heartbeat every 60 s
-    /// (the server's default `Heartbeat`), big-endian headers, reconnect always.
+    /// (the server's default `Heartbeat`), big-endian headers, JSON, reconnect always.
     pub fn new(server: impl Into<String>, token: impl Into<String>) -> Self {
         UserConfig {
             server: ServerAddr::Direct(server.into()),
             token: token.into(),
             heartbeat: Duration::from_secs(60),
             little_endian: false,
+            codec: Codec::Json,
             reconnect: Reconnect::Always,
         }
     }
@@ -414,7 +417,7 @@ fn open(config: &UserConfig) -> Result<(Connection, FrameWriter), ConnectError> 
         ServerAddr::HostApi(api) => lookup_host(api, ANSWER_TIMEOUT)?,
     };
     let order = ByteOrder::from_little_endian(config.little_endian);
-    let mut conn = Connection::connect(&server, order)?;
+    let mut conn = Connection::connect(&server, order)?.with_codec(config.codec);
     if conn.authenticate(&config.token, ANSWER_TIMEOUT)? {
         debug!("authenticated with {server}");
         let writer = conn.writer()?;
@@ -430,6 +433,32 @@ fn open(config: &UserConfig) -> Result<(Connection, FrameWriter), ConnectError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::connection::tests::{WAIT, accept};
+
+    #[test]
+    fn speaks_the_configured_codec() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = UserConfig {
+            codec: Codec::Protobuf,
+            ..UserConfig::new(listener.local_addr().unwrap().to_string(), "alice")
+        };
+        // The server's side reads protobuf only: a JSON frame would fail to decode.
+        let server = thread::spawn(move || {
+            let mut server = accept(&listener, Codec::Protobuf);
+            let auth = server.recv(Some(WAIT)).unwrap();
+            assert_eq!((&*auth.uri, &*auth.body), (uri::AUTH, "alice"));
+            server.send(uri::AUTH_SUCCESS, "").unwrap();
+            server.send("/chat", "hello").unwrap();
+            server
+        });
+        let client = UserClient::connect(config).unwrap();
+        let mut server = server.join().unwrap();
+        let event = client.recv_timeout(WAIT).unwrap();
+        assert_eq!(event, Event::Push(Message::new("/chat", "hello")));
+        client.send("/up", "b").unwrap();
+        assert_eq!(server.recv(Some(WAIT)).unwrap(), Message::new("/up", "b"));
+        client.close();
+    }
 
     #[test]
     fn policies_decide_which_losses_are_retried() {
