@@ -1,7 +1,8 @@
 //! Server configuration: the PascalCase keys and defaults of the original Go `Config`
-//! (PROTOCOL.md §4), plus our own limits in the same style, and the checks of the settings
-//! against each other. Where values come from (flags, `PLEX_*` environment variables, a JSON
-//! file) is [`keys`]: one row per key there gives its flag, variable and help.
+//! (README.md, Configuration), plus our own limits in the same style (PROTOCOL.md §4), and
+//! the checks of the settings against each other. Where values come from (flags, `PLEX_*`
+//! environment variables, a JSON file) is [`keys`]: one row per key there gives its flag,
+//! variable and help.
 
 mod keys;
 

@@ -1,4 +1,4 @@
-//! Hostile and broken clients (PROTOCOL.md §1–§3): oversized headers, garbage frames, brute
+//! Hostile and broken clients (PROTOCOL.md §1–§4): oversized headers, garbage frames, brute
 //! force, too many connections, clients that never read, and running out of descriptors.
 //! Each must cost only the offending connection, never the server or other clients.
 
