@@ -24,6 +24,7 @@ mod host;
 mod push;
 mod user;
 
+pub(crate) use backoff::Backoff;
 pub use connection::{CONNECT_TIMEOUT, Connection, FrameWriter};
 pub use host::{HOST_PATH, lookup_host};
 pub use push::{
