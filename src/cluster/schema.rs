@@ -60,12 +60,7 @@ impl Schema {
     /// the node's score before the write (nil when it was not in the set).
     pub fn announce(&self, p: &mut Pipeline, record_json: &str, now_ms: i64) {
         p.cmd("ZSCORE").arg(&self.nodes).arg(&self.node_id);
-        p.cmd("SET")
-            .arg(&self.node)
-            .arg(record_json)
-            .arg("PX")
-            .arg(self.node_ttl_ms)
-            .ignore();
+        self.record(p, record_json);
         p.cmd("ZADD")
             .arg(&self.nodes)
             .arg(now_ms + self.node_ttl_ms)
@@ -78,7 +73,7 @@ impl Schema {
             .ignore();
     }
 
-    /// Rewrites only the record (the load changed); its ttl restarts, its score stays.
+    /// Rewrites the record alone (the load changed): its ttl restarts, its score stays.
     pub fn record(&self, p: &mut Pipeline, record_json: &str) {
         p.cmd("SET")
             .arg(&self.node)

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use redis::{Client, Msg, RedisError};
 
 use super::schema::Schema;
@@ -47,9 +47,10 @@ impl Subscriber {
     pub fn run(self) {
         let mut backoff = Backoff::new();
         while let Err(reason) = self.listen(&mut backoff) {
-            warn!("cluster: subscription lost ({reason})");
             self.shared.subscription_failed(&reason);
-            if self.shared.sleep(backoff.next_delay()) {
+            let delay = backoff.next_delay();
+            debug!("cluster: no subscription ({reason}); next try in {delay:?}");
+            if self.shared.sleep(delay) {
                 return;
             }
         }
@@ -73,19 +74,21 @@ impl Subscriber {
         self.shared.subscription_ok();
         backoff.reset();
         info!("cluster: subscribed to {}", self.own_channel);
-        loop {
+        let reason = loop {
             match pubsub.get_message() {
                 Ok(msg) => self.forward(&msg),
                 Err(e) if e.is_timeout() => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => break e.to_string(),
             }
             if self.shared.stopping() {
                 return Ok(());
             }
             if self.shared.probe_overdue(unix_ms()) {
-                return Err("subscription silent: the probe did not come back".into());
+                break "subscription silent: the probe did not come back".into();
             }
-        }
+        };
+        warn!("cluster: subscription lost ({reason}); resubscribing");
+        Err(reason)
     }
 
     fn forward(&self, msg: &Msg) {
