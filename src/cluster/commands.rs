@@ -1,5 +1,5 @@
 //! The command thread. It owns the command connection; drains the request queue in batches
-//! (presence and load absorbed, the rest run by [`batch`](super::batch)); every `node_ttl / 3`
+//! (presence and load absorbed, the rest run by [`batch`]); every `node_ttl / 3`
 //! re-announces the node; every second syncs with Redis's clock, reads the node list,
 //! publishes the subscription probe and sweeps a slice of presence; and when Redis fails it
 //! answers `Unavailable` at once while reconnecting with backoff, then re-registers everything.

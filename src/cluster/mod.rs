@@ -5,7 +5,8 @@
 //! queue in batches and pipelines each batch; the *subscriber* thread owns a second
 //! connection subscribed to this node's channel and the broadcast channel. Both hand
 //! [`Event`]s back through a channel and call the `notify` closure after queueing them (the
-//! reactor wakes its `mio::Waker` there and drains [`Broker::try_recv`]).
+//! reactor wakes its `mio::Waker` there and drains [`Broker::try_recv`]). That channel is
+//! unbounded: the reactor is expected to drain it on every notify.
 //!
 //! ```no_run
 //! use plex::cluster::{self, ClusterConfig, Event, Request};
@@ -24,14 +25,15 @@
 //!
 //! - **At most once across nodes.** Pushes travel over Redis pub/sub and are never retried:
 //!   a push whose PUBLISH fails, or that reaches a node whose subscription is down, is lost
-//!   (a `Route` reply counts only nodes whose subscription received the message).
+//!   (a `Route` reply counts only nodes with a subscriber when Redis took the message).
 //! - **Order per sender → receiver.** Pushes and kicks one node sends to another arrive in the
 //!   order its reactor sent the requests: one connection publishes them, batch after batch.
 //!   Nothing is promised across different senders, nor between broadcasts and pushes.
 //! - **Never blocking the reactor.** [`Broker::send`] is a `try_send` on a bounded queue and
 //!   gives the request back in [`Full`] when the broker cannot keep up.
-//! - **While Redis is down** (or answers slower than [`ClusterConfig::timeout`]): [`Event::Down`]
-//!   is reported once; `Route`, `Kick` and `Online` are answered
+//! - **While Redis is down** (or answers slower than [`ClusterConfig::timeout`]; the command
+//!   connection is used at least every second, so this shows within about a second plus the
+//!   timeout): [`Event::Down`] is reported once; `Route`, `Kick` and `Online` are answered
 //!   [`ClusterError::Unavailable`] at once; broadcasts are dropped; pushes other nodes publish
 //!   meanwhile are lost. `Presence` and `Load` are kept locally: after reconnecting (capped
 //!   exponential backoff with jitter) the broker re-announces the node, re-registers every uid
@@ -69,10 +71,12 @@
 //!
 //! Pushes will need a per-uid offset assigned atomically with the publish (a Lua script that
 //! `XADD`s to a per-uid stream with `MAXLEN`, `INCR`s the offset and keeps an epoch, as
-//! Centrifugo's broker does). The shape leaves room for it: the second round trip of a batch
-//! is where the per-destination `PUBLISH` would become one script call per destination
-//! carrying the same batch, `Request::Route` can grow an "assign offsets" flag, and the wire
-//! format takes a new entry tag for a push with its offsets.
+//! Centrifugo's broker does), for every uid named, online or not. The shape leaves room for
+//! it: `Request::Route` can grow an "assign offsets" flag; the second round trip of a batch,
+//! which already knows each push's destinations, becomes one script call that appends every
+//! such push to its uids' streams and publishes the per-node batches with the offsets it
+//! assigned, so no receiver can see offset n+1 before n; and the wire format takes a new
+//! entry tag for a push with its offsets (`Event::Deliver` would carry them).
 
 mod batch;
 mod commands;
@@ -88,6 +92,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use redis::IntoConnectionInfo;
+use redis::io::tcp::TcpSettings;
 use serde::{Deserialize, Serialize};
 
 use self::commands::Commands;
@@ -254,7 +260,13 @@ pub struct Broker {
 /// an unreachable Redis is reported as [`Event::Down`] and retried.
 pub fn start(config: ClusterConfig, notify: Box<dyn Fn() + Send + Sync>) -> io::Result<Broker> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
-    let client = redis::Client::open(config.url.as_str())
+    // Batches are written whole and answered at once: Nagle would only hold their tails back.
+    let client = config
+        .url
+        .as_str()
+        .into_connection_info()
+        .map(|info| info.set_tcp_settings(TcpSettings::default().set_nodelay(true)))
+        .and_then(redis::Client::open)
         .map_err(|e| invalid(format!("cluster url: {e}")))?;
     if config.node_id.is_empty() || config.node_ttl.is_zero() || config.timeout.is_zero() {
         return Err(invalid(
