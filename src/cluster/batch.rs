@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::ops::Range;
 
-use redis::{Connection, Pipeline, RedisResult, Value};
+use redis::{Connection, FromRedisValue, Pipeline, RedisResult, Value};
 
 use super::schema::Schema;
 use super::wire;
@@ -39,60 +39,23 @@ pub(super) fn run(
             schema.holders(&mut p, uid);
         }
     }
-    let replies: Vec<Value> = if p.is_empty() {
-        Vec::new()
-    } else {
-        p.query(conn)?
-    };
+    let replies: Vec<Value> = query(&p, conn)?;
     if !lookup.uids.is_empty() {
         lookup.read(&schema.node_id, &replies);
     }
 
-    let mut outbox = vec![wire::Batch::default(); lookup.nodes.len()];
-    // (request, destination node, connections there), for the replies.
-    let mut tally = Vec::new();
-    let mut pairs = Vec::new();
-    let mut broadcasts = Vec::new();
-    for (i, request) in work.iter().enumerate() {
-        match request {
-            Request::Route {
-                uids, uri, body, ..
-            } => {
-                // (node, uid, connections) per holder, grouped by node: one entry per node.
-                pairs.clear();
-                for uid in uids {
-                    pairs.extend(lookup.holders(uid).iter().map(|&(n, c)| (n, &**uid, c)));
-                }
-                pairs.sort_unstable();
-                pairs.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
-                for group in pairs.chunk_by(|a, b| a.0 == b.0) {
-                    let node = group[0].0;
-                    outbox[node].push(group.iter().map(|&(_, uid, _)| uid), uri, body);
-                    tally.push((i, node, group.iter().map(|&(_, _, c)| c).sum::<u64>()));
-                }
-            }
-            Request::Kick { uid, .. } => {
-                for &(node, connections) in lookup.holders(uid) {
-                    outbox[node].kick(uid);
-                    tally.push((i, node, connections));
-                }
-            }
-            Request::Broadcast { uri, body } => {
-                broadcasts.push(wire::broadcast(&schema.node_id, uri, body));
-            }
-            _ => {}
-        }
-    }
-
+    let out = Outgoing::compose(work, &lookup, &schema.node_id);
     let mut p = redis::pipe();
     let mut destinations = Vec::new();
-    for (node, batch) in outbox.iter().enumerate().filter(|(_, b)| !b.is_empty()) {
-        p.cmd("PUBLISH")
-            .arg(schema.channel(&lookup.nodes[node]))
-            .arg(batch.bytes());
-        destinations.push(node);
+    for (node, batch) in out.batches.iter().enumerate() {
+        if !batch.is_empty() {
+            p.cmd("PUBLISH")
+                .arg(schema.channel(&lookup.nodes[node]))
+                .arg(batch.bytes());
+            destinations.push(node);
+        }
     }
-    for message in &broadcasts {
+    for message in &out.broadcasts {
         p.cmd("PUBLISH")
             .arg(&schema.broadcast_channel)
             .arg(message)
@@ -101,30 +64,80 @@ pub(super) fn run(
     for (uid, dead) in &lookup.dead {
         schema.forget_dead(&mut p, uid, dead, now_ms);
     }
-    let received: Vec<i64> = if p.is_empty() {
-        Vec::new()
-    } else {
-        p.query(conn)?
-    };
+    let subscribers: Vec<i64> = query(&p, conn)?;
     let mut reached = vec![false; lookup.nodes.len()];
-    for (&node, &subscribers) in destinations.iter().zip(&received) {
+    for (&node, &subscribers) in destinations.iter().zip(&subscribers) {
         reached[node] = subscribers > 0;
     }
     let mut remote = vec![0; work.len()];
-    for (i, node, connections) in tally {
+    for &(i, node, connections) in &out.tally {
         if reached[node] {
             remote[i] += connections;
         }
     }
+    Ok(replies_to(work, &lookup, &remote))
+}
 
-    let events = work.iter().enumerate().filter_map(|(i, request)| {
-        let (id, reply) = match request {
-            Request::Route { id, .. } => (id, Reply::Routed { remote: remote[i] }),
-            Request::Kick { id, .. } => (id, Reply::Kicked { remote: remote[i] }),
-            Request::Online { id, uids } => {
-                let count = |uid: &String| lookup.holders(uid).iter().map(|&(_, c)| c).sum();
-                (id, Reply::Online(uids.iter().map(count).collect()))
+/// What a batch sends: a message per live node (most empty), and the broadcasts.
+struct Outgoing {
+    batches: Vec<wire::Batch>,
+    broadcasts: Vec<Vec<u8>>,
+    /// (request, destination node, connections there), for the replies.
+    tally: Vec<(usize, usize, u64)>,
+}
+
+impl Outgoing {
+    fn compose(work: &[Request], lookup: &Lookup, own_id: &str) -> Self {
+        let mut out = Outgoing {
+            batches: vec![wire::Batch::default(); lookup.nodes.len()],
+            broadcasts: Vec::new(),
+            tally: Vec::new(),
+        };
+        let mut holders = Vec::new();
+        for (i, request) in work.iter().enumerate() {
+            match request {
+                Request::Route {
+                    uids, uri, body, ..
+                } => {
+                    // (node, uid, connections) per holder, grouped by node: one entry per node.
+                    holders.clear();
+                    for uid in uids {
+                        let held = lookup.holders(uid).iter();
+                        holders.extend(held.map(|&(node, c)| (node, uid.as_str(), c)));
+                    }
+                    holders.sort_unstable();
+                    holders.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+                    for group in holders.chunk_by(|a, b| a.0 == b.0) {
+                        let node = group[0].0;
+                        let uids = group.iter().map(|&(_, uid, _)| uid);
+                        out.batches[node].push(uids, uri, body);
+                        out.tally.push((i, node, group.iter().map(|h| h.2).sum()));
+                    }
+                }
+                Request::Kick { uid, .. } => {
+                    for &(node, connections) in lookup.holders(uid) {
+                        out.batches[node].kick(uid);
+                        out.tally.push((i, node, connections));
+                    }
+                }
+                Request::Broadcast { uri, body } => {
+                    out.broadcasts.push(wire::broadcast(own_id, uri, body));
+                }
+                _ => {}
             }
+        }
+        out
+    }
+}
+
+/// A reply per request that asked for one; `remote` holds the connections each reached.
+fn replies_to(work: &[Request], lookup: &Lookup, remote: &[u64]) -> Vec<Event> {
+    let online = |uid: &String| lookup.holders(uid).iter().map(|&(_, c)| c).sum();
+    let events = work.iter().zip(remote).filter_map(|(request, &remote)| {
+        let (id, reply) = match request {
+            Request::Route { id, .. } => (id, Reply::Routed { remote }),
+            Request::Kick { id, .. } => (id, Reply::Kicked { remote }),
+            Request::Online { id, uids } => (id, Reply::Online(uids.iter().map(online).collect())),
             _ => return None,
         };
         Some(Event::Reply {
@@ -132,7 +145,16 @@ pub(super) fn run(
             result: Ok(reply),
         })
     });
-    Ok(events.collect())
+    events.collect()
+}
+
+/// The pipeline's replies; none without a round trip when it is empty.
+fn query<T: FromRedisValue + Default>(p: &Pipeline, conn: &mut Connection) -> RedisResult<T> {
+    if p.is_empty() {
+        Ok(T::default())
+    } else {
+        p.query(conn)
+    }
 }
 
 /// Who holds the batch's uids: live nodes other than this one, with their connections.
