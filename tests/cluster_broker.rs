@@ -698,8 +698,21 @@ fn throughput_broker_to_broker() {
     }
     a.wait_online(&[uids[UIDS - 1].as_str()], &[1]);
 
+    let mut redis_conn = redis.connection();
+    let mut redis_cpu = || -> f64 {
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query(&mut redis_conn)
+            .unwrap();
+        let seconds = |field: &str| -> f64 {
+            let line = info.lines().find(|l| l.starts_with(field)).unwrap();
+            line[field.len()..].trim().parse().unwrap()
+        };
+        seconds("used_cpu_user:") + seconds("used_cpu_sys:")
+    };
     let epoch = Instant::now();
-    let run = |a: &mut Node, b: Node, n: usize, every: Option<Duration>| {
+    let mut run = |a: &mut Node, b: Node, n: usize, every: Option<Duration>| {
+        let cpu_before = (broker_cpu(), redis_cpu());
         let receiver = std::thread::spawn(move || {
             let mut b = b;
             let mut latencies = Vec::with_capacity(n);
@@ -740,18 +753,41 @@ fn throughput_broker_to_broker() {
         }
         let (b, mut latencies) = receiver.join().unwrap();
         let elapsed = start.elapsed();
+        let brokers = broker_cpu() - cpu_before.0;
+        let redis = redis_cpu() - cpu_before.1;
         latencies.sort_unstable();
         let at = |q: f64| Duration::from_nanos(latencies[((n as f64 * q) as usize).min(n - 1)]);
         println!(
-            "{n} pushes in {elapsed:.2?}: {:.0}/s; latency p50 {:.2?} p99 {:.2?} max {:.2?}",
+            "{n} pushes in {elapsed:.2?}: {:.0}/s; latency p50 {:.2?} p99 {:.2?} max {:.2?}; \
+             CPU per push: {:.1} µs in the broker threads of both nodes, {:.1} µs in Redis",
             n as f64 / elapsed.as_secs_f64(),
             at(0.5),
             at(0.99),
-            at(1.0)
+            at(1.0),
+            brokers * 1e6 / n as f64,
+            redis * 1e6 / n as f64,
         );
         b
     };
     let b = run(&mut a, b, 300_000, None);
     let b = run(&mut a, b, 100_000, Some(Duration::from_micros(20)));
     run(&mut a, b, 50_000, Some(Duration::from_micros(100)));
+}
+
+/// CPU seconds the broker threads of this process have used (user + system), from
+/// /proc/self/task/*/stat in clock ticks.
+fn broker_cpu() -> f64 {
+    let mut ticks = 0.0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        if comm.starts_with("plex-cluster") {
+            // Fields after the command name: state is the first, utime the 12th, stime the 13th.
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            ticks += fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        }
+    }
+    ticks / 100.0
 }
