@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 mod handle;
 pub mod protocol;

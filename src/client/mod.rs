@@ -25,6 +25,7 @@ mod push;
 mod user;
 
 pub use crate::protocol::Codec;
+pub(crate) use backoff::Backoff;
 pub use connection::{CONNECT_TIMEOUT, Connection, FrameWriter};
 pub use host::{HOST_PATH, lookup_host};
 pub use push::{

@@ -1,0 +1,343 @@
+//! Cluster mode: gateways share presence and route pushes to each other through Redis.
+//!
+//! The reactor never touches Redis. [`start`] spawns two broker threads that use the `redis`
+//! crate's blocking API: the *command* thread owns one connection, drains the bounded request
+//! queue in batches and pipelines each batch; the *subscriber* thread owns a second
+//! connection subscribed to this node's channel and the broadcast channel. Both hand
+//! [`Event`]s back through a channel and call the `notify` closure after queueing them (the
+//! reactor wakes its `mio::Waker` there and drains [`Broker::try_recv`]). That channel is
+//! unbounded: the reactor is expected to drain it on every notify.
+//!
+//! ```no_run
+//! use plex::cluster::{self, ClusterConfig, Event, Request};
+//!
+//! let config = ClusterConfig::new("redis://127.0.0.1:6379/0", "10.0.0.5:9578");
+//! let broker = cluster::start(config, Box::new(|| { /* waker.wake() */ }))?;
+//! let _ = broker.send(Request::Presence { uid: "7".into(), connections: 1 });
+//! while let Some(event) = broker.try_recv() {
+//!     if let Event::Deliver(pushes) = event { /* queue each push to its uids */ }
+//! }
+//! broker.shutdown();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **At most once across nodes.** Pushes travel over Redis pub/sub and are never retried:
+//!   a push whose PUBLISH fails, or that reaches a node whose subscription is down, is lost
+//!   (a `Route` reply counts only nodes with a subscriber when Redis took the message).
+//! - **Order per sender → receiver.** Pushes and kicks one node sends to another arrive in the
+//!   order its reactor sent the requests: one connection publishes them, batch after batch.
+//!   Nothing is promised across different senders, nor between broadcasts and pushes.
+//! - **Never blocking the reactor.** [`Broker::send`] is a `try_send` on a bounded queue and
+//!   gives the request back in [`Full`] when the broker cannot keep up.
+//! - **While Redis is down** (or answers slower than [`ClusterConfig::timeout`]; the command
+//!   connection is used at least every second, so this shows within about a second plus the
+//!   timeout): [`Event::Down`] is reported once; `Route`, `Kick` and `Online` are answered
+//!   [`ClusterError::Unavailable`] at once; broadcasts are dropped; pushes other nodes publish
+//!   meanwhile are lost. `Presence` and `Load` are kept locally: after reconnecting (capped
+//!   exponential backoff with jitter) the broker re-announces the node, re-registers every uid
+//!   it holds, resubscribes, and only then reports [`Event::Up`]. A subscription that goes
+//!   silent without closing (a failover) is caught by a probe: the command thread publishes a
+//!   ping on this node's channel every second; if one is not seen within 3 s the subscriber
+//!   reconnects (reported as `Down` then `Up`: messages may have been lost in between).
+//! - **A node that dies** without cleanup stops refreshing its record, and leaves the node
+//!   list and every presence answer within `node_ttl`. [`Broker::shutdown`] removes it at once.
+//!
+//! # Redis schema
+//!
+//! With the default prefix `plex` (see [`ClusterConfig::prefix`]):
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `plex:nodes` | ZSET | node id → expiry in unix ms of Redis's clock; the live nodes are those scored after now |
+//! | `plex:node:{id}` | STRING, `PX node_ttl` | the node's [`NodeInfo`] as JSON, rewritten every `node_ttl / 3` and on `Load` |
+//! | `plex:u:{uid}` | HASH, `PX 60 × node_ttl` | node id → connections of uid on that node |
+//! | `plex:n:{id}` | channel | pushes and kicks for uids held by the node, and its own probes |
+//! | `plex:broadcast` | channel | broadcasts, tagged with their sender, which ignores its own |
+//!
+//! Readers count only fields of live nodes (the live set is read in the same pipeline as the
+//! hashes), and remove fields of dead nodes on the way, atomically in a small Lua script so a
+//! node that comes back from a stall cannot lose the fields it rewrites. Each node rewrites
+//! every uid it holds (`HSET` + `PEXPIRE`) once per `20 × node_ttl`, a slice each second, so
+//! a million uids cost about 3,400 uids (two pipelined commands each) per second at the
+//! default 15 s, not a million every few seconds. Keys of uids only dead nodes held expire.
+//! Scores use Redis's clock (from `TIME`), so node clocks need not agree.
+//!
+//! Messages on the channels use a compact binary encoding (`wire`): a batch tag, then
+//! entries, each a tag and length-prefixed strings.
+//!
+//! # Next: offline history
+//!
+//! Pushes will need a per-uid offset assigned atomically with the publish (a Lua script that
+//! `XADD`s to a per-uid stream with `MAXLEN`, `INCR`s the offset and keeps an epoch, as
+//! Centrifugo's broker does), for every uid named, online or not. The shape leaves room for
+//! it: `Request::Route` can grow an "assign offsets" flag; the second round trip of a batch,
+//! which already knows each push's destinations, becomes one script call that appends every
+//! such push to its uids' streams and publishes the per-node batches with the offsets it
+//! assigned, so no receiver can see offset n+1 before n; and the wire format takes a new
+//! entry tag for a push with its offsets (`Event::Deliver` would carry them).
+
+mod batch;
+mod commands;
+mod presence;
+mod schema;
+mod shared;
+mod subscriber;
+mod wire;
+
+use std::io;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::IntoConnectionInfo;
+use redis::io::tcp::TcpSettings;
+use serde::{Deserialize, Serialize};
+
+use self::commands::Commands;
+use self::schema::Schema;
+use self::shared::Shared;
+
+/// How a node joins the cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port/db` (or `redis+unix:///path`). `rediss://` needs the
+    /// `redis` crate's TLS feature, which this build does not enable.
+    pub url: String,
+    /// Unique per process start: a restarted node is a new node.
+    pub node_id: String,
+    /// `ip:port` clients should connect to, published in the node record.
+    pub advertise: String,
+    /// A node that stops refreshing vanishes from the node list and presence within this.
+    pub node_ttl: Duration,
+    /// Connect timeout, and the longest Redis may take to answer before it counts as down.
+    pub timeout: Duration,
+    /// Requests the queue holds before [`Broker::send`] returns [`Full`].
+    pub queue: usize,
+    /// Prefix of every key and channel, so clusters can share a Redis (pub/sub ignores the db).
+    pub prefix: String,
+}
+
+impl ClusterConfig {
+    /// A config with a random node id and the defaults: 15 s node ttl, 1 s timeout, 32,768
+    /// queued requests, prefix `plex`.
+    pub fn new(url: impl Into<String>, advertise: impl Into<String>) -> Self {
+        ClusterConfig {
+            url: url.into(),
+            node_id: format!("{:016x}", rand::random::<u64>()),
+            advertise: advertise.into(),
+            node_ttl: Duration::from_secs(15),
+            timeout: Duration::from_secs(1),
+            queue: 32_768,
+            prefix: "plex".into(),
+        }
+    }
+}
+
+/// What the reactor asks of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `uid` now has `connections` live connections on this node (0 = gone). Coalesced per uid
+    /// (last wins) and written in pipelined batches.
+    Presence { uid: Arc<str>, connections: u32 },
+    /// This node's load, for its node record.
+    Load { connections: u64, users: u64 },
+    /// A push for uids that may be held by other nodes: published once per owning node (never
+    /// this one), answered with [`Reply::Routed`].
+    Route {
+        id: u64,
+        uids: Vec<String>,
+        uri: String,
+        body: String,
+    },
+    /// A push for every user of every other node, on one channel.
+    Broadcast { uri: String, body: String },
+    /// Closes the uid's connections on the other nodes; answered with [`Reply::Kicked`].
+    Kick { id: u64, uid: String },
+    /// Connections per uid on the other live nodes; answered with [`Reply::Online`].
+    Online { id: u64, uids: Vec<String> },
+}
+
+impl Request {
+    /// Roughly the bytes the request adds to a batch's messages.
+    fn weight(&self) -> usize {
+        match self {
+            Request::Route {
+                uids, uri, body, ..
+            } => uids.iter().map(String::len).sum::<usize>() + uri.len() + body.len(),
+            Request::Broadcast { uri, body } => uri.len() + body.len(),
+            Request::Kick { uid, .. } => uid.len(),
+            Request::Online { uids, .. } => uids.iter().map(String::len).sum(),
+            Request::Presence { uid, .. } => uid.len(),
+            Request::Load { .. } => 0,
+        }
+    }
+}
+
+/// The queue is full (or the broker is gone): the request is handed back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full(pub Request);
+
+/// What the cluster tells the reactor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Pushes from another node for uids held here, in the order that node published them.
+    Deliver(Vec<RemotePush>),
+    /// A broadcast from another node, for every local user.
+    Broadcast { uri: String, body: String },
+    /// Another node asks to close the uid's local connections.
+    Kick { uid: String },
+    /// The answer to a `Route`, `Kick` or `Online` request with this id.
+    Reply {
+        id: u64,
+        result: Result<Reply, ClusterError>,
+    },
+    /// The live nodes (this one included), about every second.
+    Nodes(Vec<NodeInfo>),
+    /// Redis is usable again: node announced, presence re-registered, subscription live.
+    Up,
+    /// Redis was lost, and why. Reported once until the next `Up`.
+    Down(String),
+}
+
+/// A push from another node: the local uids it is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemotePush {
+    pub uids: Vec<String>,
+    pub uri: String,
+    pub body: String,
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Connections on other nodes the push went to.
+    Routed { remote: u64 },
+    /// Connections on other nodes asked to close.
+    Kicked { remote: u64 },
+    /// Connections on other live nodes, per uid in the order asked.
+    Online(Vec<u64>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterError {
+    /// Redis cannot be used now, and why.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterError::Unavailable(reason) => write!(f, "cluster unavailable: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+/// A live node, as its record in Redis says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub advertise: String,
+    pub connections: u64,
+    pub users: u64,
+    /// When the record was last written, unix ms (Redis's clock).
+    pub updated: u64,
+}
+
+/// The reactor's handle on the broker threads.
+pub struct Broker {
+    requests: Option<SyncSender<Request>>,
+    events: Receiver<Event>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Starts the broker threads. Fails only on a bad config or when threads cannot be spawned;
+/// an unreachable Redis is reported as [`Event::Down`] and retried.
+pub fn start(config: ClusterConfig, notify: Box<dyn Fn() + Send + Sync>) -> io::Result<Broker> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    // Batches are written whole and answered at once: Nagle would only hold their tails back.
+    let client = config
+        .url
+        .as_str()
+        .into_connection_info()
+        .map(|info| info.set_tcp_settings(TcpSettings::default().set_nodelay(true)))
+        .and_then(redis::Client::open)
+        .map_err(|e| invalid(format!("cluster url: {e}")))?;
+    if config.node_id.is_empty() || config.node_ttl.is_zero() || config.timeout.is_zero() {
+        return Err(invalid(
+            "cluster: node_id, node_ttl and timeout must be set".into(),
+        ));
+    }
+    let (requests, queue) = mpsc::sync_channel(config.queue.max(1));
+    let (sink, events) = mpsc::channel();
+    let shared = Arc::new(Shared::new(sink, notify));
+    let schema = Schema::new(&config);
+    let mut broker = Broker {
+        requests: Some(requests),
+        events,
+        shared: shared.clone(),
+        threads: Vec::new(),
+    };
+    let subscriber = subscriber::Subscriber::new(shared.clone(), client.clone(), &schema, &config);
+    broker.threads.push(
+        thread::Builder::new()
+            .name("plex-cluster-sub".into())
+            .spawn(move || subscriber.run())?,
+    );
+    let commands = Commands::new(shared, queue, client, schema, &config);
+    broker.threads.push(
+        thread::Builder::new()
+            .name("plex-cluster".into())
+            .spawn(move || commands.run())?,
+    );
+    Ok(broker)
+}
+
+impl Broker {
+    /// Queues a request without blocking; `Err(Full)` hands it back when the queue is full.
+    pub fn send(&self, request: Request) -> Result<(), Full> {
+        let requests = self.requests.as_ref().expect("broker running");
+        requests.try_send(request).map_err(|e| match e {
+            TrySendError::Full(r) | TrySendError::Disconnected(r) => Full(r),
+        })
+    }
+
+    /// The next event, if any (never blocks).
+    pub fn try_recv(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// Stops the threads, removing this node's record from Redis first (best effort): its
+    /// presence fields are ignored from then on.
+    pub fn shutdown(self) {}
+
+    /// Stops the threads without touching Redis, as if the process had died: the node lingers
+    /// until `node_ttl` passes. For failure tests.
+    #[doc(hidden)]
+    pub fn abandon(self) {
+        self.shared.abandon();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.shared.stop();
+        // Disconnecting the queue is what stops the command thread, after its cleanup.
+        self.requests = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
