@@ -367,10 +367,10 @@ fn json_logs_are_one_object_per_line() {
     let mut seen = Vec::new();
     while !seen
         .iter()
-        .any(|l: &String| l.contains("HTTP API listening on"))
+        .any(|l: &String| l.contains("listening for the HTTP API on"))
     {
         let line = lines.recv_timeout(WAIT).unwrap_or_else(|_| {
-            panic!("no 'HTTP API listening on' line in {seen:?}");
+            panic!("no 'listening for the HTTP API on' line in {seen:?}");
         });
         seen.push(line);
     }
