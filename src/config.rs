@@ -10,6 +10,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
+use crate::protocol::CodecChoice;
+
 pub use keys::{flag_takes_value, options_help};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -97,6 +99,9 @@ pub struct Config {
     pub ws_port: Option<u16>,
     /// Seconds a connection has to finish its TLS handshake or WebSocket upgrade.
     pub handshake_timeout: u64,
+    /// The codec of client and inner connections: `auto` (each connection's first message
+    /// decides), or only `json` or `protobuf`.
+    pub codec: CodecChoice,
 }
 
 /// How client tokens are checked.
@@ -176,6 +181,7 @@ impl Default for Config {
             tls_port: None,
             ws_port: None,
             handshake_timeout: 10,
+            codec: CodecChoice::Auto,
         }
     }
 }
@@ -259,6 +265,10 @@ impl Config {
             if secs > year {
                 return fail(format!("{name} must be at most {year} seconds"));
             }
+        }
+        // A connection counts its bad frames in 16 bits.
+        if self.max_bad_frames > u32::from(u16::MAX) {
+            return fail(format!("MaxBadFrames must be at most {}", u16::MAX));
         }
         // setsockopt takes a C int.
         if self.socket_send_buffer > i32::MAX as usize {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{AuthMode, Config, ConfigError, LogFormat};
+use crate::protocol::CodecChoice;
 
 /// One configuration key.
 struct Key {
@@ -114,6 +115,8 @@ static KEYS: &[Key] = &[
         "WebSocket listener at /plex/v1/ws, wss with TlsCert (unset: none)"),
     key!(handshake_timeout, "HandshakeTimeout", "SECS",
         "close connections whose TLS handshake or WebSocket upgrade takes longer"),
+    key!(codec, "Codec", "CODEC",
+        "auto (each connection's first message decides), json or protobuf"),
 ];
 
 /// `MaxPendingBytes` → `--max-pending-bytes`.
@@ -543,7 +546,7 @@ macro_rules! choice_setting {
     )*};
 }
 
-choice_setting!(AuthMode, LogFormat);
+choice_setting!(AuthMode, LogFormat, CodecChoice);
 
 #[cfg(test)]
 mod tests {

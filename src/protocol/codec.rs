@@ -77,6 +77,22 @@ pub enum CodecChoice {
 }
 
 impl CodecChoice {
+    /// The names a config uses.
+    pub const NAMES: [(&'static str, CodecChoice); 3] = [
+        ("auto", CodecChoice::Auto),
+        ("json", CodecChoice::Json),
+        ("protobuf", CodecChoice::Protobuf),
+    ];
+
+    /// The codec the server writes in before a connection has sent a message: the pinned
+    /// one, or JSON.
+    pub fn before_first_message(self) -> Codec {
+        match self {
+            CodecChoice::Protobuf => Codec::Protobuf,
+            CodecChoice::Auto | CodecChoice::Json => Codec::Json,
+        }
+    }
+
     /// The codec of a connection whose first non-empty frame is `payload`; `None` while only
     /// keep-alives have come and the choice is `Auto`.
     pub fn codec_for(self, payload: &[u8]) -> Option<Codec> {
@@ -93,6 +109,8 @@ impl CodecChoice {
 pub enum CodecError {
     Json(DecodeError),
     Protobuf(ProtoError),
+    /// A message in another codec than the connection's (or the server's pinned one).
+    Mismatch,
 }
 
 impl fmt::Display for CodecError {
@@ -100,6 +118,7 @@ impl fmt::Display for CodecError {
         match self {
             CodecError::Json(e) => e.fmt(f),
             CodecError::Protobuf(e) => e.fmt(f),
+            CodecError::Mismatch => f.write_str("a message in another codec than the connection's"),
         }
     }
 }
@@ -109,6 +128,7 @@ impl std::error::Error for CodecError {
         match self {
             CodecError::Json(e) => Some(e),
             CodecError::Protobuf(e) => Some(e),
+            CodecError::Mismatch => None,
         }
     }
 }

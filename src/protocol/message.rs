@@ -105,28 +105,46 @@ impl<'a> RawMessage<'a> {
     }
 }
 
-/// The content of a JSON string as it stands in the input, between its quotes and still
-/// escaped. Only well-formed strings are made into one (escapes checked, surrogates paired),
-/// so unescaping it cannot fail.
+/// A string value as it stands in a frame: the content of a JSON string between its quotes,
+/// still escaped, or a protobuf string, which needs no unescaping. Only well-formed JSON
+/// strings are made into one (escapes checked, surrogates paired), so unescaping cannot fail.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RawStr<'a>(&'a str);
+pub struct RawStr<'a> {
+    text: &'a str,
+    escaped: bool,
+}
 
 impl<'a> RawStr<'a> {
-    /// The value, borrowed when there is nothing to unescape.
-    pub fn to_cow(self) -> Cow<'a, str> {
-        if self.0.contains('\\') {
-            let mut value = String::with_capacity(self.0.len());
-            self.unescape_into(&mut value);
-            Cow::Owned(value)
-        } else {
-            Cow::Borrowed(self.0)
+    /// A value that is already plain text.
+    pub fn plain(text: &'a str) -> Self {
+        RawStr {
+            text,
+            escaped: false,
         }
     }
 
-    /// The value, written into `buf` (cleared first) and borrowed from it.
-    pub fn unescape_into(self, buf: &mut String) -> &str {
+    /// The value, borrowed when there is nothing to unescape.
+    pub fn to_cow(self) -> Cow<'a, str> {
+        if self.escaped && self.text.contains('\\') {
+            let mut value = String::with_capacity(self.text.len());
+            self.unescape_into(&mut value);
+            Cow::Owned(value)
+        } else {
+            Cow::Borrowed(self.text)
+        }
+    }
+
+    /// The value, written into `buf` (cleared first) and borrowed from it, or borrowed as it
+    /// stands when there is nothing to unescape.
+    pub fn unescape_into<'b>(self, buf: &'b mut String) -> &'b str
+    where
+        'a: 'b,
+    {
+        if !self.escaped || !self.text.contains('\\') {
+            return self.text;
+        }
         buf.clear();
-        let mut rest = self.0;
+        let mut rest = self.text;
         while let Some(at) = rest.find('\\') {
             buf.push_str(&rest[..at]);
             let (ch, len) = unescape_one(&rest[at..]).expect("checked when it was read");
@@ -193,7 +211,10 @@ impl<'de> Deserialize<'de> for RawStr<'de> {
         if content.contains("\\u") && !RawStr::surrogates_paired(content) {
             return Err(de::Error::custom("unpaired surrogate in a \\u escape"));
         }
-        Ok(RawStr(content))
+        Ok(RawStr {
+            text: content,
+            escaped: true,
+        })
     }
 }
 

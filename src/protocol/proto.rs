@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::message::MessageRef;
+use super::message::{MessageRef, RawMessage, RawStr};
 
 const VARINT: u8 = 0;
 const I64: u8 = 1;
@@ -73,14 +73,23 @@ impl std::error::Error for ProtoError {}
 /// is the all-default message (which a frame reader takes for a keep-alive before it gets
 /// here).
 pub fn decode(payload: &[u8]) -> Result<MessageRef<'_>, ProtoError> {
+    decode_raw(payload).map(|m| MessageRef {
+        seq: m.seq,
+        uri: m.uri,
+        body: m.body.to_cow(),
+    })
+}
+
+/// [`decode`] into the form the server reads frames in.
+pub fn decode_raw(payload: &[u8]) -> Result<RawMessage<'_>, ProtoError> {
     let mut input = Input(payload);
-    let mut message = MessageRef::default();
+    let mut message = RawMessage::default();
     while !input.0.is_empty() {
         let (field, wire) = input.tag()?;
         match (field, wire) {
             (1, VARINT) => message.seq = input.varint()? as i64,
             (2, LEN) => message.uri = Cow::Borrowed(input.str()?),
-            (3, LEN) => message.body = Cow::Borrowed(input.str()?),
+            (3, LEN) => message.body = RawStr::plain(input.str()?),
             _ => input.skip(wire)?,
         }
     }

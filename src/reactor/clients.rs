@@ -14,7 +14,7 @@ use super::http::{MAX_HEAD, MAX_HEADERS};
 use super::link::feed;
 use super::session::{self, Step};
 use crate::CloseReason;
-use crate::protocol::Decoder;
+use crate::protocol::{Codec, Decoder};
 use crate::protocol::ws::{self, CloseCode, Message as WsMessage, Opcode};
 
 /// What client-connection code works on for the length of a call.
@@ -73,7 +73,7 @@ impl Clients<'_> {
             match decoder.decode(&data[used..]) {
                 Ok(Some((payload, len))) => {
                     used += len;
-                    let step = session::on_frame(self.ctx, &mut self.table[key], r, payload);
+                    let step = session::on_frame(self.ctx, &mut self.table[key], r, payload, None);
                     self.apply(key, step);
                 }
                 Ok(None) => return Some(used),
@@ -125,17 +125,20 @@ impl Clients<'_> {
                 return Some(used);
             };
             let step = match message {
+                // A fragmented message was put together in a buffer of its own: the step may
+                // borrow from it, so it is carried out here. Text frames carry JSON, binary
+                // frames protobuf.
                 WsMessage::Text(text) => {
-                    // A fragmented message was put together in a buffer of its own: the step
-                    // may borrow from it, so it is carried out here.
-                    let step = session::on_frame(self.ctx, conn, r, text.as_bytes());
+                    let json = Some(Codec::Json);
+                    let step = session::on_frame(self.ctx, conn, r, text.as_bytes(), json);
                     self.apply(key, step);
                     continue;
                 }
-                WsMessage::Binary(_) => {
-                    let why = "binary messages are not supported";
-                    self.close_websocket(key, CloseCode::Unsupported, why, CloseReason::BadFrames);
-                    return None;
+                WsMessage::Binary(bytes) => {
+                    let protobuf = Some(Codec::Protobuf);
+                    let step = session::on_frame(self.ctx, conn, r, &bytes, protobuf);
+                    self.apply(key, step);
+                    continue;
                 }
                 WsMessage::Ping(payload) => {
                     let pong = |out: &mut Vec<u8>| ws::encode(out, Opcode::Pong, payload);

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use super::conns::HasLink;
 use super::link::Link;
-use crate::protocol::ws::ReadState;
+use crate::protocol::frame::{self, ByteOrder};
+use crate::protocol::ws::{self, ReadState};
+use crate::protocol::Codec;
 
 /// What a client connection is, and therefore what its frames may do.
 #[derive(Debug)]
@@ -55,6 +57,49 @@ impl Transport {
     }
 }
 
+/// How a message is written for one connection: framing and codec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Form {
+    pub framing: Framing,
+    pub codec: Codec,
+}
+
+impl Form {
+    pub const COUNT: usize = 4;
+
+    pub fn index(self) -> usize {
+        self.framing as usize * 2 + self.codec as usize
+    }
+
+    /// Appends `{seq, uri, body}` framed for this form: a length header, or a WebSocket text
+    /// (JSON) or binary (protobuf) frame.
+    pub fn write(self, out: &mut Vec<u8>, order: ByteOrder, seq: i64, uri: &str, body: &str) {
+        let codec = self.codec;
+        match self.framing {
+            Framing::Length => codec.write_frame(out, order, seq, uri, body),
+            Framing::WebSocket => ws::encode_with(out, ws_opcode(codec), |out| {
+                codec.write_payload(out, seq, uri, body)
+            }),
+        }
+    }
+
+    /// Frames a payload already written in this form's codec.
+    pub fn frame(self, out: &mut Vec<u8>, order: ByteOrder, payload: &[u8]) {
+        match self.framing {
+            Framing::Length => frame::encode(out, order, payload),
+            Framing::WebSocket => ws::encode(out, ws_opcode(self.codec), payload),
+        }
+    }
+}
+
+/// WebSocket carries JSON in text frames and protobuf in binary ones.
+fn ws_opcode(codec: Codec) -> ws::Opcode {
+    match codec {
+        Codec::Json => ws::Opcode::Text,
+        Codec::Protobuf => ws::Opcode::Binary,
+    }
+}
+
 /// A WebSocket connection's own state (boxed: other connections pay one pointer for it).
 #[derive(Debug, Default)]
 pub struct Ws {
@@ -67,7 +112,9 @@ pub struct ClientConn {
     pub link: Link,
     pub state: State,
     pub ws: Option<Box<Ws>>,
-    pub bad_frames: u32,
+    /// The codec its messages are in, fixed by its first message.
+    pub codec: Option<Codec>,
+    pub bad_frames: u16,
     /// Tick at which its pending output first went over the soft limit; 0 while under it.
     pub over_soft_since: u32,
 }
@@ -81,6 +128,7 @@ impl ClientConn {
                 pending: false,
             },
             ws: None,
+            codec: None,
             bad_frames: 0,
             over_soft_since: 0,
         }
@@ -95,6 +143,15 @@ impl ClientConn {
             Framing::WebSocket
         } else {
             Framing::Length
+        }
+    }
+
+    /// The form the server writes this connection's messages in: its framing and codec
+    /// (`before` until its first message has fixed the codec).
+    pub fn form(&self, before: Codec) -> Form {
+        Form {
+            framing: self.framing(),
+            codec: self.codec.unwrap_or(before),
         }
     }
 

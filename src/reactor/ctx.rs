@@ -13,7 +13,7 @@ use super::registry::Registry;
 use super::timer::{TimerId, TimerWheel};
 use crate::auth::{AuthRequest, AuthVerdict};
 use crate::config::Config;
-use crate::protocol::{ByteOrder, Message, SeqClock};
+use crate::protocol::{ByteOrder, CodecChoice, Message, SeqClock};
 use crate::stats::Counters;
 
 /// Timer resolution. Timeouts fire between their nominal time and one tick later.
@@ -45,6 +45,7 @@ pub(crate) struct Hooks {
 /// Settings read on the hot path, derived once from the `Config`.
 pub struct Limits {
     pub order: ByteOrder,
+    pub codec: CodecChoice,
     pub max_frame: u32,
     pub max_inner_frame: u32,
     pub auth_ticks: u32,
@@ -70,6 +71,7 @@ impl Limits {
     pub fn new(config: &Config) -> Self {
         Limits {
             order: ByteOrder::from_little_endian(config.little_endian),
+            codec: config.codec,
             max_frame: config.max_frame_size,
             max_inner_frame: config.max_inner_frame_size,
             auth_ticks: secs_to_ticks(config.auth_timeout),

@@ -4,15 +4,14 @@
 
 use log::{debug, warn};
 
-use super::conn::{ClientConn, Framing};
+use super::conn::{ClientConn, Form, Framing};
 use super::conns::{ConnRef, Queued, Table};
 use super::ctx::{Core, Ctx, Limits};
 use super::session;
 use crate::CloseReason;
-use crate::protocol::frame::{self, ByteOrder, HEADER_LEN};
-use crate::protocol::message::{PushRequest, RawStr, write_message};
-use crate::protocol::uri;
-use crate::protocol::ws::{self, Opcode};
+use crate::protocol::message::{PushRequest, RawStr};
+use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::{ByteOrder, Codec, uri, ws};
 
 /// Buffers a push reuses from one to the next, so that a push allocates nothing.
 #[derive(Default)]
@@ -22,41 +21,52 @@ pub struct PushBuffers {
     pub body: String,
 }
 
-/// The push being delivered: its message encoded once, and framed at most once for each
-/// framing its targets use.
+/// The push being delivered: its message encoded at most once per codec, and framed at most
+/// once for each form (framing and codec) its targets use. The length-prefixed frame is
+/// written first, straight from the message; a WebSocket frame copies its payload.
 #[derive(Default)]
 pub struct Frames {
-    payload: Vec<u8>,
-    framed: [Vec<u8>; 2],
-    ready: [bool; 2],
+    framed: [Vec<u8>; Form::COUNT],
+    /// Bit `i` set: `framed[i]` is made for the current push.
+    ready: u8,
+}
+
+/// One push: `{seq, uri, body}`.
+#[derive(Clone, Copy)]
+struct Push<'a> {
+    seq: i64,
+    uri: &'a str,
+    body: &'a str,
 }
 
 impl Frames {
-    /// Encodes the message of a new push; its frames are made when first needed.
-    fn start(&mut self, seq: i64, uri: &str, body: &str) {
-        self.payload.clear();
-        write_message(&mut self.payload, seq, uri, body);
-        self.ready = [false; 2];
-    }
-
-    /// The longest frame this push can take on any connection.
-    fn max_len(&self) -> usize {
-        self.payload.len() + ws::MAX_HEADER_LEN.max(HEADER_LEN)
-    }
-
-    /// The push framed for `framing`.
-    fn get(&mut self, framing: Framing, order: ByteOrder) -> &[u8] {
-        let i = framing as usize;
-        if !self.ready[i] {
-            let (frame, payload) = (&mut self.framed[i], &self.payload);
-            frame.clear();
-            match framing {
-                Framing::Length => frame::encode(frame, order, payload),
-                Framing::WebSocket => ws::encode(frame, Opcode::Text, payload),
+    /// The push framed for `form`, encoded the first time a form needs it.
+    fn get(&mut self, push: Push, form: Form, order: ByteOrder) -> &[u8] {
+        let length = Form {
+            framing: Framing::Length,
+            codec: form.codec,
+        };
+        self.make(length.index(), |out| {
+            (form.codec).write_frame(out, order, push.seq, push.uri, push.body)
+        });
+        if form != length {
+            let (head, tail) = self.framed.split_at_mut(form.index());
+            let payload = &head[length.index()][HEADER_LEN..];
+            if self.ready & (1 << form.index()) == 0 {
+                tail[0].clear();
+                form.frame(&mut tail[0], order, payload);
+                self.ready |= 1 << form.index();
             }
-            self.ready[i] = true;
         }
-        &self.framed[i]
+        &self.framed[form.index()]
+    }
+
+    fn make(&mut self, i: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.ready & (1 << i) == 0 {
+            self.framed[i].clear();
+            write(&mut self.framed[i]);
+            self.ready |= 1 << i;
+        }
     }
 }
 
@@ -87,7 +97,7 @@ pub fn push<S: AsRef<str>>(
     uri: &str,
     body: &str,
 ) -> Result<usize, TooLarge> {
-    encode(ctx, frames, uri, body)?;
+    let push = start(ctx, frames, uri, body)?;
     let Ctx {
         core,
         limits,
@@ -102,7 +112,7 @@ pub fn push<S: AsRef<str>>(
             counters.dropped += 1;
         }
         delivered += clients.queue_to(Some(keys), |r, conn| {
-            queue_push(core, limits, r, conn, frames)
+            queue_push(core, limits, r, conn, frames, push)
         });
     }
     Ok(finish(ctx, delivered))
@@ -116,9 +126,11 @@ pub fn broadcast(
     uri: &str,
     body: &str,
 ) -> Result<usize, TooLarge> {
-    encode(ctx, frames, uri, body)?;
+    let push = start(ctx, frames, uri, body)?;
     let (core, limits) = (&mut ctx.core, &ctx.limits);
-    let delivered = clients.queue_to(None, |r, conn| queue_push(core, limits, r, conn, frames));
+    let delivered = clients.queue_to(None, |r, conn| {
+        queue_push(core, limits, r, conn, frames, push)
+    });
     Ok(finish(ctx, delivered))
 }
 
@@ -183,16 +195,33 @@ pub fn online(ctx: &Ctx, clients: &Table<ClientConn>, uid: &str) -> usize {
         .count()
 }
 
-fn encode(ctx: &mut Ctx, frames: &mut Frames, uri: &str, body: &str) -> Result<(), TooLarge> {
-    let seq = ctx.next_seq();
-    frames.start(seq, uri, body);
-    if frames.max_len() > ctx.limits.max_pending {
+/// A new push: its `seq`, and the check that it fits a connection's output at all, made
+/// before anyone is sent anything.
+fn start<'a>(
+    ctx: &mut Ctx,
+    frames: &mut Frames,
+    uri: &'a str,
+    body: &'a str,
+) -> Result<Push<'a>, TooLarge> {
+    let push = Push {
+        seq: ctx.next_seq(),
+        uri,
+        body,
+    };
+    frames.ready = 0;
+    // The JSON form is the longest, and a WebSocket header at most 10 bytes longer.
+    let json = Form {
+        framing: Framing::Length,
+        codec: Codec::Json,
+    };
+    let len = frames.get(push, json, ctx.limits.order).len() - HEADER_LEN + ws::MAX_HEADER_LEN;
+    if len > ctx.limits.max_pending {
         return Err(TooLarge {
-            len: frames.max_len(),
+            len,
             max: ctx.limits.max_pending,
         });
     }
-    Ok(())
+    Ok(push)
 }
 
 /// Queues the push frame to one user connection.
@@ -202,11 +231,13 @@ fn queue_push(
     r: ConnRef,
     conn: &mut ClientConn,
     frames: &mut Frames,
+    push: Push,
 ) -> Queued {
     if conn.link.is_done() || !conn.is_user() {
         return Queued::Skipped;
     }
-    let frame = frames.get(conn.framing(), limits.order);
+    let form = conn.form(limits.codec.before_first_message());
+    let frame = frames.get(push, form, limits.order);
     match session::queue(core, limits, conn, r, frame.len(), |out| {
         out.extend_from_slice(frame)
     }) {

@@ -6,14 +6,13 @@
 
 use log::{debug, info, trace, warn};
 
-use super::conn::{ClientConn, Framing, State};
+use super::conn::{ClientConn, State};
 use super::conns::{ConnRef, Table};
 use super::ctx::{Auth, AuthJob, Core, Ctx, Limits, deadline};
 use crate::CloseReason;
 use crate::auth::{AuthRequest, AuthTicket, AuthVerdict};
-use crate::protocol::message::{RawMessage, RawStr, encode_message, write_message};
-use crate::protocol::uri;
-use crate::protocol::ws::{self, Opcode};
+use crate::protocol::message::{RawMessage, RawStr};
+use crate::protocol::{Codec, CodecChoice, CodecError, proto, uri, ws};
 
 /// Output an unauthenticated connection may leave unread: a few answers, not `MaxPendingBytes`.
 pub const UNAUTHENTICATED_OUTPUT: usize = 4 * 1024;
@@ -36,24 +35,43 @@ fn name(r: ConnRef) -> String {
     Table::<ClientConn>::name(r)
 }
 
-/// Handles one frame payload.
+/// Handles one message payload. `sent_as` is the codec its transport says it is in (a
+/// WebSocket text or binary frame); a length-prefixed frame says nothing, and the first one
+/// fixes the connection's codec from its first byte (PROTOCOL.md §11).
 pub fn on_frame<'a>(
     ctx: &mut Ctx,
     conn: &mut ClientConn,
     r: ConnRef,
     payload: &'a [u8],
+    sent_as: Option<Codec>,
 ) -> Step<'a> {
     activity(ctx, conn);
     if payload.is_empty() {
         return Step::Continue; // a keep-alive frame
     }
-    let message = match RawMessage::decode(payload) {
+    let choice = ctx.limits.codec;
+    let codec = match (conn.codec, sent_as) {
+        (Some(fixed), Some(sent)) if fixed != sent => None,
+        (Some(fixed), _) => Some(fixed),
+        (None, sent) => sent.or(choice.codec_for(payload)).filter(|&c| {
+            choice == CodecChoice::Auto || c == choice.before_first_message()
+        }),
+    };
+    let decoded = match codec {
+        Some(Codec::Json) => RawMessage::decode(payload).map_err(CodecError::Json),
+        Some(Codec::Protobuf) => proto::decode_raw(payload).map_err(CodecError::Protobuf),
+        None => Err(CodecError::Mismatch),
+    };
+    if decoded.is_ok() {
+        conn.codec = codec;
+    }
+    let message = match decoded {
         Ok(message) => message,
         Err(e) => {
             ctx.counters.bad_frames += 1;
             conn.bad_frames += 1;
             debug!("{}: {e}", name(r));
-            if conn.bad_frames >= ctx.limits.max_bad_frames {
+            if u32::from(conn.bad_frames) >= ctx.limits.max_bad_frames {
                 warn!("{}: {} malformed frames; closing", name(r), conn.bad_frames);
                 return Step::Close(CloseReason::BadFrames);
             }
@@ -282,24 +300,14 @@ fn on_inner<'a>(
     }
 }
 
-/// Queues a frame `{seq, uri}` to the connection, in its framing.
+/// Queues a frame `{seq, uri}` to the connection, in its form.
 fn reply<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef, uri: &str) -> Step<'a> {
     let seq = ctx.next_seq();
     let order = ctx.limits.order;
-    let framing = conn.framing();
-    let queued = queue(
-        &mut ctx.core,
-        &ctx.limits,
-        conn,
-        r,
-        REPLY_MAX,
-        |out| match framing {
-            Framing::Length => encode_message(out, order, seq, uri, ""),
-            Framing::WebSocket => {
-                ws::encode_with(out, Opcode::Text, |out| write_message(out, seq, uri, ""))
-            }
-        },
-    );
+    let form = conn.form(ctx.limits.codec.before_first_message());
+    let queued = queue(&mut ctx.core, &ctx.limits, conn, r, REPLY_MAX, |out| {
+        form.write(out, order, seq, uri, "")
+    });
     match queued {
         Ok(()) => Step::Continue,
         Err(reason) => {
