@@ -10,13 +10,13 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::hostile::*;
 use common::*;
 use plex::Config;
 use plex::client::Connection;
-use plex::protocol::{PushRequest, uri};
+use plex::protocol::{ByteOrder, PushRequest, encode_message, uri};
 
 /// What an unauthenticated connection may leave unread (`UNAUTHENTICATED_OUTPUT`).
 const UNAUTHENTICATED_OUTPUT: u64 = 4 * 1024;
@@ -63,13 +63,28 @@ fn an_inner_connection_flooding_heartbeats_without_reading_is_closed_as_a_slow_c
     assert_eq!(stats.users, 1);
 }
 
-/// Sends, in one write, a thousand frames that are each answered `/auth/failed` (with
-/// malformed ones among them), then a valid authentication `auth`, and never reads: the
-/// answers pass the output allowed before authentication while the burst is being read.
+/// Frames answered `/auth/failed` in the bursts below.
+const ANSWERED: usize = 50;
+
+/// The length of a reply frame the server would send now (its `seq` is the time in ms).
+fn reply_len(order: ByteOrder, uri: &str) -> usize {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let mut out = Vec::new();
+    encode_message(&mut out, order, now.as_millis() as i64, uri, "");
+    out.len()
+}
+
+/// Sends, in one write, frames that are each answered `/auth/failed` (malformed ones among
+/// them, unanswered), then a valid authentication `{uri, body}`, and never reads. The output
+/// limit has room for the answers before the authentication but not for its own: the
+/// connection is closed as it authenticates, in the middle of reading the burst.
 /// Returns the server, its inner connection and a bystander, still open.
 fn burst_ending_in_an_authentication(uri: &str, body: &str) -> (TestServer, [Connection; 2]) {
+    let order = ByteOrder::Big;
+    let room =
+        ANSWERED * reply_len(order, uri::AUTH_FAILED) + reply_len(order, uri::AUTH_SUCCESS) - 1;
     let server = start(Config {
-        max_pending_bytes: 16 * 1024,
+        max_pending_bytes: room,
         max_auth_failures: 100_000,
         max_bad_frames: 100_000,
         ..config()
@@ -77,13 +92,13 @@ fn burst_ending_in_an_authentication(uri: &str, body: &str) -> (TestServer, [Con
     let mut inner = server.inner();
     let mut bystander = server.user("bystander");
     let mut burst = Vec::new();
-    for i in 0..1000 {
-        if i % 50 == 0 {
-            burst.extend(frame(server.order, b"not json"));
+    for i in 0..ANSWERED {
+        if i % 10 == 0 {
+            burst.extend(frame(order, b"not json"));
         }
-        burst.extend(message_frame(server.order, "/before-auth", ""));
+        burst.extend(message_frame(order, "/before-auth", ""));
     }
-    burst.extend(message_frame(server.order, uri, body));
+    burst.extend(message_frame(order, uri, body));
     let mut offender = server.connect();
     send_raw(&offender, &burst);
     server.wait_closed("slow_consumer", 1);
@@ -198,10 +213,9 @@ fn a_burst_of_pushes_to_nobody_does_not_hold_up_anyone_else() {
     assert_alive(&mut bystander);
 }
 
-/// An authenticated user on a socket with a small receive buffer, so that what it does not
-/// read stays in the server.
-fn small_user(server: &TestServer, uid: &str) -> Connection {
-    let stream = connect_small(server.addr, 16 * 1024);
+/// A user authenticated on `stream`, a socket set up so that what it does not read stays in
+/// the server.
+fn user_on(server: &TestServer, stream: TcpStream, uid: &str) -> Connection {
     let mut c = Connection::from_stream(stream, server.order).unwrap();
     assert!(c.authenticate(uid, WAIT).unwrap(), "auth as {uid}");
     c
@@ -216,8 +230,8 @@ fn over_the_soft_limit_for_too_long_is_slow_even_under_the_hard_cap() {
         soft_pending_seconds: 3,
         ..config()
     });
-    let mut lazy = small_user(&server, "lazy");
-    let brief = small_user(&server, "brief");
+    let mut lazy = user_on(&server, connect_small(server.addr, 16 * 1024), "lazy");
+    let brief = user_on(&server, connect_small(server.addr, 16 * 1024), "brief");
     let (go, wait_for_go) = mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
         let mut brief = brief;
@@ -260,9 +274,7 @@ fn held_by_the_server(send_buffer: usize) -> (u64, u64) {
         socket_send_buffer: send_buffer,
         ..config()
     });
-    let stream = connect_small(server.addr, 4096);
-    let mut tiny = Connection::from_stream(stream, server.order).unwrap();
-    assert!(tiny.authenticate("tiny", WAIT).unwrap());
+    let mut tiny = user_on(&server, connect_small(server.addr, 4096), "tiny");
     let mut inner = server.inner();
     let body = "k".repeat(BODY);
     for i in 0..PUSHES {
@@ -302,8 +314,9 @@ fn at_shutdown_a_steady_slow_reader_gets_everything_and_a_non_reader_is_cut_at_t
         shutdown_timeout: 6,
         ..config()
     });
-    let mut steady = server.user("steady");
-    let mut stuck = server.user("stuck");
+    // The backlogs stay in the server, not in the kernel.
+    let mut steady = user_on(&server, connect_narrow(server.addr), "steady");
+    let mut stuck = user_on(&server, connect_narrow(server.addr), "stuck");
     let mut inner = server.inner();
     let body = "d".repeat(8 * 1024);
     for i in 0..PUSHES {

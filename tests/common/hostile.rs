@@ -40,9 +40,23 @@ pub fn flood(stream: &TcpStream, chunk: Vec<u8>) -> JoinHandle<u64> {
 /// A connection whose kernel buffers are set small before it connects, so that what the
 /// server sends stays in the server rather than in this side's kernel.
 pub fn connect_small(addr: SocketAddr, buffer: usize) -> TcpStream {
+    connect_with(addr, buffer, None)
+}
+
+/// A connection with small buffers that also announces a small segment size: the server's
+/// kernel then does not grow its own send buffer for it either, whatever `SO_SNDBUF` the
+/// server sets (or does not set).
+pub fn connect_narrow(addr: SocketAddr) -> TcpStream {
+    connect_with(addr, 16 * 1024, Some(536))
+}
+
+fn connect_with(addr: SocketAddr, buffer: usize, mss: Option<u32>) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(buffer).unwrap();
     socket.set_send_buffer_size(buffer).unwrap();
+    if let Some(mss) = mss {
+        socket.set_tcp_mss(mss).unwrap();
+    }
     socket.connect(&addr.into()).expect("connect");
     let stream: TcpStream = socket.into();
     stream.set_nodelay(true).unwrap();
