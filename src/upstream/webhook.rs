@@ -292,6 +292,11 @@ impl Webhook {
                     return;
                 }
             }
+            // Bytes that came before the request went out are no answer to it.
+            if !self.is_quiet(key) {
+                self.fail(key, "auth service answered before it was asked", done);
+                return;
+            }
         }
         self.conns.flush(key, registry, core);
         let exchange = &mut self.conns[key];

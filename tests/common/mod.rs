@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod chunks;
+pub mod hostile;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};
