@@ -86,7 +86,7 @@ fn burst_ending_in_an_authentication(uri: &str, body: &str) -> (TestServer, [Con
     let server = start(Config {
         max_pending_bytes: room,
         max_auth_failures: 100_000,
-        max_bad_frames: 100_000,
+        max_bad_frames: 65_535,
         ..config()
     });
     let mut inner = server.inner();

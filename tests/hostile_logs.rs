@@ -64,7 +64,7 @@ fn secrets_in_odd_shapes_never_reach_the_log_and_uids_cannot_forge_lines() {
         "--inner-password",
         PASSWORD,
     ];
-    let server = ChildServer::spawn(&args, "trace", None);
+    let mut server = ChildServer::spawn(&args, "trace", None);
     let addr = server.addr;
     send_each(addr, &odd_shapes(uri::AUTH, TOKEN));
     send_each(addr, &odd_shapes(uri::INNER_AUTH, PASSWORD));
@@ -75,7 +75,7 @@ fn secrets_in_odd_shapes_never_reach_the_log_and_uids_cannot_forge_lines() {
     assert!(c.authenticate_inner(PASSWORD, WAIT).unwrap());
     // A bearer that is wrong but looks like a secret.
     let http: std::net::SocketAddr = server
-        .logged_line("HTTP API listening on ")
+        .logged_line("listening for the HTTP API on ")
         .expect("the HTTP listener's line")
         .rsplit(' ')
         .next()
@@ -101,7 +101,8 @@ fn secrets_in_odd_shapes_never_reach_the_log_and_uids_cannot_forge_lines() {
     assert_alive(&mut evil);
     drop(evil);
 
-    let (status, log) = server.stop_and_collect_log();
+    let status = server.terminate();
+    let log = server.log();
     assert!(status.success(), "{status:?}");
     assert!(
         log.iter().any(|l| l.contains("TRACE")),

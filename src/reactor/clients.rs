@@ -14,8 +14,8 @@ use super::http::{MAX_HEAD, MAX_HEADERS};
 use super::link::feed;
 use super::session::{self, Step};
 use crate::CloseReason;
-use crate::protocol::{Codec, Decoder};
 use crate::protocol::ws::{self, CloseCode, Message as WsMessage, Opcode};
+use crate::protocol::{Codec, Decoder};
 
 /// What client-connection code works on for the length of a call.
 pub struct Clients<'a> {

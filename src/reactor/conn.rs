@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::conns::HasLink;
 use super::link::Link;
+use crate::protocol::Codec;
 use crate::protocol::frame::{self, ByteOrder};
 use crate::protocol::ws::{self, ReadState};
-use crate::protocol::Codec;
 
 /// What a client connection is, and therefore what its frames may do.
 #[derive(Debug)]

@@ -9,8 +9,8 @@ use super::conns::{ConnRef, Queued, Table};
 use super::ctx::{Core, Ctx, Limits};
 use super::session;
 use crate::CloseReason;
-use crate::protocol::message::{PushRequest, RawStr};
 use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::message::{PushRequest, RawStr};
 use crate::protocol::{ByteOrder, Codec, uri, ws};
 
 /// Buffers a push reuses from one to the next, so that a push allocates nothing.

@@ -446,18 +446,7 @@ impl Reactor {
             debug!("{addr}: refused, client connection cap of {cap} reached");
             return;
         }
-        let socket = socket2::SockRef::from(&stream);
-        // Pushes are small and latency matters more than packet count.
-        if let Err(e) = socket.set_tcp_nodelay(true) {
-            debug!("{addr}: set_nodelay: {e}");
-        }
-        // A client that never reads cannot park more than this in kernel memory.
-        let send_buffer = self.ctx.limits.socket_send_buffer;
-        if send_buffer > 0
-            && let Err(e) = socket.set_send_buffer_size(send_buffer)
-        {
-            debug!("{addr}: SO_SNDBUF: {e}");
-        }
+        self.tune(&stream, addr);
         let tls = match (side, &self.tls) {
             (Side::Tls | Side::Ws, Some(config)) => {
                 match rustls::ServerConnection::new(config.clone()) {
@@ -498,6 +487,22 @@ impl Reactor {
         );
     }
 
+    /// Socket options of every accepted connection.
+    fn tune(&self, stream: &TcpStream, addr: SocketAddr) {
+        let socket = socket2::SockRef::from(stream);
+        // Pushes and answers are small and latency matters more than packet count.
+        if let Err(e) = socket.set_tcp_nodelay(true) {
+            debug!("{addr}: set_nodelay: {e}");
+        }
+        // A peer that never reads cannot park more than this in kernel memory.
+        let send_buffer = self.ctx.limits.socket_send_buffer;
+        if send_buffer > 0
+            && let Err(e) = socket.set_send_buffer_size(send_buffer)
+        {
+            debug!("{addr}: SO_SNDBUF: {e}");
+        }
+    }
+
     fn admit_http(&mut self, stream: TcpStream, addr: SocketAddr) {
         let cap = self.ctx.limits.max_http_connections;
         if self.https.len() >= cap && !self.evict_http() {
@@ -505,6 +510,7 @@ impl Reactor {
             debug!("{addr}: refused, HTTP connection cap of {cap} reached");
             return;
         }
+        self.tune(&stream, addr);
         let now = self.ctx.core.clock.tick32();
         let r = self.https.next_ref();
         let mut link = Link::new(stream, r.generation(), now);

@@ -53,9 +53,9 @@ pub fn on_frame<'a>(
     let codec = match (conn.codec, sent_as) {
         (Some(fixed), Some(sent)) if fixed != sent => None,
         (Some(fixed), _) => Some(fixed),
-        (None, sent) => sent.or(choice.codec_for(payload)).filter(|&c| {
-            choice == CodecChoice::Auto || c == choice.before_first_message()
-        }),
+        (None, sent) => sent
+            .or(choice.codec_for(payload))
+            .filter(|&c| choice == CodecChoice::Auto || c == choice.before_first_message()),
     };
     let decoded = match codec {
         Some(Codec::Json) => RawMessage::decode(payload).map_err(CodecError::Json),

@@ -4,14 +4,13 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use plex::client::Connection;
 use plex::protocol::{ByteOrder, Message};
 
-use super::{ChildServer, TestServer, WAIT, assert_alive, expect_msg, push, wait_until};
+use super::{TestServer, WAIT, assert_alive, expect_msg, push};
 
 /// The bearer token of the test servers' HTTP API (the default inner password).
 pub const BEARER: &str = "Bearer plex-inner";
@@ -193,20 +192,6 @@ impl RawHttp {
             "unread bytes before the close: {:?}",
             String::from_utf8_lossy(&self.input)
         );
-    }
-}
-
-impl ChildServer {
-    /// Stops the server (SIGTERM), waits for it to exit, then for the thread that drains its
-    /// stderr to finish, so that the lines returned are every line it logged. (`log()` right
-    /// after `terminate()` may miss the last lines: the reader thread can still be behind.)
-    pub fn stop_and_collect_log(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let status = self.terminate();
-        // The reader thread holds the only other reference to the log until its pipe ends.
-        let drained = wait_until(WAIT, || Arc::strong_count(&self.log) == 1);
-        assert!(drained, "the server's stderr was never closed");
-        let log = self.log();
-        (status, log)
     }
 }
 
