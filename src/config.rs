@@ -102,6 +102,17 @@ pub struct Config {
     /// The codec of client and inner connections: `auto` (each connection's first message
     /// decides), or only `json` or `protobuf`.
     pub codec: CodecChoice,
+    /// Cluster mode: the Redis this node shares presence and pushes through
+    /// (`redis://[user:password@]host:port/db`); unset, the node stands alone.
+    pub redis: Option<String>,
+    /// The client address (`ip:port`) this node announces to the cluster and hands out from
+    /// `/plex/v1/host`; unset, the first of `OuterServers`.
+    pub advertise: Option<String>,
+    /// Seconds after which a node that stopped refreshing leaves the node list and presence.
+    pub node_ttl: u64,
+    /// Inner TCP pushes reach only this node's connections: for back-ends that, like the
+    /// original's PlexClient, already send every push to every node.
+    pub inner_push_local: bool,
 }
 
 /// How client tokens are checked.
@@ -182,6 +193,10 @@ impl Default for Config {
             ws_port: None,
             handshake_timeout: 10,
             codec: CodecChoice::Auto,
+            redis: None,
+            advertise: None,
+            node_ttl: 15,
+            inner_push_local: false,
         }
     }
 }
@@ -247,6 +262,7 @@ impl Config {
             ),
             ("AuthWebhookTimeout", self.auth_webhook_timeout),
             ("HandshakeTimeout", self.handshake_timeout),
+            ("NodeTtl", self.node_ttl),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return fail(format!("{name} must be greater than 0"));
@@ -277,6 +293,12 @@ impl Config {
         // Output buffers index their written part with 32 bits.
         if self.max_pending_bytes > 1 << 30 {
             return fail("MaxPendingBytes must be at most 1 GiB".into());
+        }
+        if let Some(bad) = self.advertise.as_deref().filter(|a| !is_host_port(a)) {
+            return fail(format!("Advertise {bad:?} is not host:port"));
+        }
+        if self.redis.is_none() && (self.advertise.is_some() || self.inner_push_local) {
+            return fail("Advertise and InnerPushLocal are for cluster mode: set Redis".into());
         }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => return fail("TlsCert needs a TlsKey".into()),

@@ -75,7 +75,8 @@ impl fmt::Display for HandleError {
 impl std::error::Error for HandleError {}
 
 struct Shared {
-    waker: Waker,
+    /// Shared with whatever else wakes the reactor (the cluster's broker threads).
+    waker: Arc<Waker>,
     /// A wake-up is on its way; senders need not wake the reactor again.
     wake_pending: AtomicBool,
     /// The thread that last ran a turn: it cannot wait for the reactor's answers.
@@ -95,7 +96,7 @@ pub(crate) struct Commands {
     shared: Arc<Shared>,
 }
 
-pub(crate) fn channel(waker: Waker) -> (Handle, Commands) {
+pub(crate) fn channel(waker: Arc<Waker>) -> (Handle, Commands) {
     let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
     let shared = Arc::new(Shared {
         waker,

@@ -23,6 +23,8 @@ pub(crate) struct Counters {
     pub upstream: u64,
     pub http_requests: u64,
     pub http_rejected: u64,
+    /// Pushes that could not be routed to the other nodes of the cluster.
+    pub unrouted: u64,
     pub closed: [u64; CloseReason::ALL.len()],
     pub http_closed: [u64; CloseReason::ALL.len()],
 }
@@ -47,6 +49,8 @@ pub(crate) struct Gauges {
     pub buffered_bytes: u64,
     /// Client connections by transport, in `Transport` order.
     pub transports: [u64; 4],
+    /// Cluster mode: whether Redis is usable.
+    pub cluster_up: Option<bool>,
 }
 
 /// A snapshot of the server's gauges and counters.
@@ -89,6 +93,11 @@ pub struct Stats {
     pub http_requests: u64,
     /// HTTP connections refused at `MaxHttpConnections` (nothing could be evicted).
     pub http_rejected: u64,
+    /// Cluster mode: whether Redis is usable (absent on a single node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_up: Option<bool>,
+    /// Pushes that could not be routed to the other nodes (Redis down, or its queue full).
+    pub unrouted: u64,
     /// Client connections closed for an auth or heartbeat timeout.
     pub timeouts: u64,
     /// Client connections closed, by reason.
@@ -127,6 +136,8 @@ impl Stats {
             http_connections: g.http_connections,
             http_requests: c.http_requests,
             http_rejected: c.http_rejected,
+            cluster_up: g.cluster_up,
+            unrouted: c.unrouted,
             timeouts: c.closed[CloseReason::AuthTimeout as usize]
                 + c.closed[CloseReason::HeartbeatTimeout as usize],
             closed: by_reason(&c.closed),
@@ -180,6 +191,14 @@ impl Stats {
         ];
         for (name, help, value) in gauges {
             metric(name, "gauge", help, value);
+        }
+        if let Some(up) = self.cluster_up {
+            metric(
+                "cluster_up",
+                "gauge",
+                "1 while Redis is usable (cluster mode).",
+                up.into(),
+            );
         }
         let counters = [
             (
@@ -279,6 +298,7 @@ mod tests {
             http_connections: 0,
             buffered_bytes: 0,
             transports: [1, 0, 2, 0],
+            cluster_up: None,
         };
         let text = Stats::from_counters(&c, gauges, 9).to_prometheus();
         assert!(text.contains("# TYPE plex_pushes_total counter\nplex_pushes_total 7\n"));

@@ -117,6 +117,14 @@ static KEYS: &[Key] = &[
         "close connections whose TLS handshake or WebSocket upgrade takes longer"),
     key!(codec, "Codec", "CODEC",
         "auto (each connection's first message decides), json or protobuf"),
+    key!(redis, "Redis", "URL",
+        "cluster mode: redis://[user:password@]host:port/db shared by every node"),
+    key!(advertise, "Advertise", "HOST:PORT",
+        "client address this node announces (default: the first of OuterServers)"),
+    key!(node_ttl, "NodeTtl", "SECS",
+        "a node that stops refreshing leaves the cluster after this long"),
+    key!(inner_push_local, "InnerPushLocal", "",
+        "inner TCP pushes stay on this node (back-ends that send to every node)"),
 ];
 
 /// `MaxPendingBytes` → `--max-pending-bytes`.

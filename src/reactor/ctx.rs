@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::buffer::BufferPool;
+use super::cluster::Cluster;
 use super::conns::ConnRef;
 use super::link::Link;
 use super::registry::Registry;
@@ -254,6 +255,8 @@ pub(crate) struct Ctx {
     pub auth: Auth,
     /// Set once shutting down: the tick by which every connection is closed.
     pub shutdown_deadline: Option<u64>,
+    /// Cluster mode: the other nodes, through the broker threads.
+    pub cluster: Option<Cluster>,
 }
 
 impl Ctx {
@@ -268,6 +271,7 @@ impl Ctx {
             hooks,
             auth,
             shutdown_deadline: None,
+            cluster: None,
         }
     }
 

@@ -172,6 +172,18 @@ pub fn push_from_inner(
     ) {
         ctx.counters.refused += 1;
         warn!("{from}: push to uid {:?} refused: {e}", request.uid);
+        return;
+    }
+    if let Some(cluster) = ctx.cluster.as_mut().filter(|c| !c.inner_local)
+        && cluster
+            .route(&uids, &request.uri, &request.body, None)
+            .is_some()
+    {
+        ctx.counters.unrouted += 1;
+        warn!(
+            "{from}: push to uid {:?}: the cluster queue is full",
+            request.uid
+        );
     }
 }
 

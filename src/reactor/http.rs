@@ -19,13 +19,15 @@ use rand::RngExt;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::cluster::{self as cluster_glue, Answer, Partial, Waiting};
 use super::conn::ClientConn;
-use super::conns::{HasLink, Table};
+use super::conns::{ConnRef, HasLink, Table};
 use super::ctx::Ctx;
 use super::deliver::{self, PushBuffers};
 use super::link::{Link, feed};
 use super::session::constant_time_eq;
 use crate::CloseReason;
+use crate::cluster::{self, ClusterError};
 use crate::protocol::uri;
 use crate::protocol::ws::{has_token, percent_decode};
 use crate::stats::Stats;
@@ -44,6 +46,8 @@ pub struct HttpConn {
     pub continue_sent: bool,
     /// It has shown the bearer token: it is a back-end, never evicted for a newcomer.
     pub trusted: bool,
+    /// Its current request waits for the cluster's answer; the rest wait behind it.
+    pub waiting: bool,
 }
 
 impl HttpConn {
@@ -52,6 +56,7 @@ impl HttpConn {
             link,
             continue_sent: false,
             trusted: false,
+            waiting: false,
         }
     }
 }
@@ -232,6 +237,8 @@ fn reason_phrase(status: u16) -> &'static str {
 /// What the routes work on: the context and the client connections. The HTTP connection
 /// itself is not reachable from a route.
 pub struct Api<'a> {
+    /// The HTTP connection being answered, for answers that come later.
+    pub conn: ConnRef,
     pub ctx: &'a mut Ctx,
     pub clients: &'a mut Table<ClientConn>,
     pub push: &'a mut PushBuffers,
@@ -239,7 +246,20 @@ pub struct Api<'a> {
     pub stats: &'a dyn Fn(&Ctx, &Table<ClientConn>) -> Stats,
 }
 
-type Handler = fn(&mut Api, &Request) -> Response;
+type Handler = fn(&mut Api, &Request) -> Outcome;
+
+/// What a route answers: a response now, or later, when the other nodes of the cluster have
+/// answered their part (the connection reads nothing more until then).
+pub enum Outcome {
+    Now(Response),
+    Later,
+}
+
+impl From<Response> for Outcome {
+    fn from(response: Response) -> Self {
+        Outcome::Now(response)
+    }
+}
 
 /// Who may call a route.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -253,7 +273,7 @@ enum Access {
 }
 
 /// Every route: path, method, who may call it, handler.
-const ROUTES: [(&str, &str, Access, Handler); 9] = [
+const ROUTES: [(&str, &str, Access, Handler); 10] = [
     ("/plex/v1/host", "GET", Access::Public, host),
     ("/healthz", "GET", Access::Public, healthz),
     ("/readyz", "GET", Access::Public, readyz),
@@ -261,6 +281,7 @@ const ROUTES: [(&str, &str, Access, Handler); 9] = [
     ("/plex/v1/broadcast", "POST", Access::Inner, broadcast),
     ("/plex/v1/online", "GET", Access::Inner, online),
     ("/plex/v1/kick", "POST", Access::Inner, kick),
+    ("/plex/v1/nodes", "GET", Access::Inner, nodes),
     ("/plex/v1/stats", "GET", Access::Inner, stats),
     ("/metrics", "GET", Access::Metrics, metrics),
 ];
@@ -337,7 +358,7 @@ fn process(api: &mut Api, https: &mut Table<HttpConn>, key: usize, bytes: &[u8])
     let mut used = 0;
     loop {
         let conn = &mut https[key];
-        if conn.link.is_done() {
+        if conn.link.is_done() || conn.waiting {
             return used;
         }
         if conn.link.pending() > MAX_UNWRITTEN {
@@ -362,9 +383,20 @@ fn process(api: &mut Api, https: &mut Table<HttpConn>, key: usize, bytes: &[u8])
                 used += request.len;
                 conn.continue_sent = false;
                 conn.link.last_active = api.ctx.core.clock.tick32();
-                let mut response = match admit(api.ctx, conn, &request.head) {
-                    Admit::Refuse(response) => response,
-                    Admit::Route(handler) => handler(api, &request),
+                let outcome = match admit(api.ctx, conn, &request.head) {
+                    Admit::Refuse(response) => Outcome::Now(response),
+                    Admit::Route(handler) => {
+                        api.conn = r;
+                        handler(api, &request)
+                    }
+                };
+                let Outcome::Now(mut response) = outcome else {
+                    // The rest of the connection's requests wait for this answer.
+                    api.ctx.counters.http_requests += 1;
+                    let conn = &mut https[key];
+                    conn.waiting = true;
+                    conn.link.read_paused = true;
+                    return used;
                 };
                 response.head_only = request.head.method == "HEAD";
                 debug!(
@@ -385,20 +417,73 @@ fn process(api: &mut Api, https: &mut Table<HttpConn>, key: usize, bytes: &[u8])
             }
         };
         api.ctx.counters.http_requests += 1;
-        let conn = &mut https[key];
-        write_response(api.ctx, &mut conn.link, &response, close);
-        https.mark_dirty(key);
+        respond(api.ctx, https, key, &response, close);
         if close {
-            let ticks = api.ctx.linger_ticks(&https[key].link);
-            let reason = if response.status >= 400 {
-                CloseReason::BadRequest
-            } else {
-                CloseReason::Done
-            };
-            api.ctx.core.linger(&mut https[key].link, r, reason, ticks);
             return used;
         }
     }
+}
+
+/// Queues a response on connection `key`; `close` makes it the connection's last.
+pub fn respond(
+    ctx: &mut Ctx,
+    https: &mut Table<HttpConn>,
+    key: usize,
+    response: &Response,
+    close: bool,
+) {
+    let r = https.ref_of(key);
+    write_response(ctx, &mut https[key].link, response, close);
+    https.mark_dirty(key);
+    if close {
+        let ticks = ctx.linger_ticks(&https[key].link);
+        let reason = if response.status >= 400 {
+            CloseReason::BadRequest
+        } else {
+            CloseReason::Done
+        };
+        ctx.core.linger(&mut https[key].link, r, reason, ticks);
+    }
+}
+
+/// The response to a request that waited for the cluster, now that the broker answered.
+pub fn finish(answer: &Answer, result: Result<cluster::Reply, ClusterError>) -> Response {
+    use cluster::Reply;
+    let mut response = match (&answer.what, result) {
+        (Partial::Push { local }, Ok(Reply::Routed { remote })) => {
+            Response::json(200, json!({ "delivered": *local as u64 + remote }))
+        }
+        (Partial::Kick { local }, Ok(Reply::Kicked { remote })) => {
+            Response::json(200, json!({ "closed": *local as u64 + remote }))
+        }
+        (Partial::Online { uids, local }, Ok(Reply::Online(remote))) => {
+            let online: BTreeMap<&str, u64> = (uids.iter().zip(local).zip(remote))
+                .map(|((uid, &here), there)| (uid.as_str(), here as u64 + there))
+                .collect();
+            Response::json(200, json!({ "online": online }))
+        }
+        (what, Err(e)) => {
+            // What this node did stands; the caller learns the other nodes were not reached.
+            let mut body = json!({ "error": e.to_string() });
+            let (key, local) = match what {
+                Partial::Push { local } => ("delivered", json!(local)),
+                Partial::Kick { local } => ("closed", json!(local)),
+                Partial::Online { uids, local } => {
+                    let here: BTreeMap<&str, usize> = uids
+                        .iter()
+                        .map(String::as_str)
+                        .zip(local.iter().copied())
+                        .collect();
+                    ("online", json!(here))
+                }
+            };
+            body[key] = local;
+            Response::json(503, body)
+        }
+        _ => Response::error(500, "the cluster answered another question"),
+    };
+    response.head_only = answer.head_only;
+    response
 }
 
 /// Queues one response. `close` makes it the connection's last.
@@ -474,26 +559,58 @@ struct KickBody<'a> {
     uid: Option<Cow<'a, str>>,
 }
 
-fn host(api: &mut Api, _: &Request) -> Response {
-    let servers = &api.ctx.limits.outer_servers;
-    let host = &servers[rand::rng().random_range(0..servers.len())];
-    Response::json(200, json!({ "host": host }))
+fn host(api: &mut Api, _: &Request) -> Outcome {
+    let cluster = api.ctx.cluster.as_ref().and_then(|c| c.least_loaded());
+    let host = cluster.unwrap_or_else(|| {
+        let servers = &api.ctx.limits.outer_servers;
+        &servers[rand::rng().random_range(0..servers.len())]
+    });
+    Response::json(200, json!({ "host": host })).into()
 }
 
 /// Liveness: the process is up and its reactor turns.
-fn healthz(_: &mut Api, _: &Request) -> Response {
-    Response::json(200, json!({ "status": "ok" }))
+fn healthz(_: &mut Api, _: &Request) -> Outcome {
+    Response::json(200, json!({ "status": "ok" })).into()
 }
 
-/// Readiness: it accepts clients (its listeners close when it starts shutting down).
-fn readyz(api: &mut Api, _: &Request) -> Response {
+/// Readiness: it accepts clients (its listeners close when it starts shutting down), and in
+/// cluster mode it is registered with Redis.
+fn readyz(api: &mut Api, _: &Request) -> Outcome {
     if api.ctx.shutdown_deadline.is_some() {
-        return Response::error(503, "shutting down");
+        return Response::error(503, "shutting down").into();
     }
-    Response::json(200, json!({ "status": "ready" }))
+    if let Some(cluster) = api.ctx.cluster.as_ref().filter(|c| !c.up) {
+        let why = format!("cluster not ready: {}", cluster.down_reason);
+        return Response::error(503, &why).into();
+    }
+    Response::json(200, json!({ "status": "ready" })).into()
 }
 
-fn push(api: &mut Api, request: &Request) -> Response {
+/// How a request's answer is to be finished when it waits for the cluster.
+fn later(api: &Api, request: &Request, what: Partial) -> Waiting {
+    Waiting::Http {
+        conn: api.conn,
+        answer: Answer {
+            what,
+            close: !request.head.keep_alive,
+            head_only: request.head.method == "HEAD",
+        },
+    }
+}
+
+/// What the cluster said at once (it failed), or that its answer will come.
+fn asked(finished: Option<cluster_glue::Finished>) -> Outcome {
+    match finished {
+        None => Outcome::Later,
+        Some(cluster_glue::Finished {
+            waiting: Waiting::Http { answer, .. },
+            result,
+        }) => finish(&answer, result).into(),
+        Some(_) => unreachable!("an HTTP request waits as an HTTP answer"),
+    }
+}
+
+fn push(api: &mut Api, request: &Request) -> Outcome {
     let body: PushBody = match parse_json(request.body) {
         Ok(body) => body,
         Err(e) => return refuse(api, &format!("bad JSON: {e}")),
@@ -513,13 +630,18 @@ fn push(api: &mut Api, request: &Request) -> Response {
     }
     let body = body.body.unwrap_or_default();
     let frame = &mut api.push.frames;
-    match deliver::push(api.ctx, api.clients, frame, &uids, &uri, &body) {
-        Ok(delivered) => Response::json(200, json!({ "delivered": delivered })),
-        Err(e) => too_large(api, &e.to_string()),
+    let local = match deliver::push(api.ctx, api.clients, frame, &uids, &uri, &body) {
+        Ok(delivered) => delivered,
+        Err(e) => return too_large(api, &e.to_string()),
+    };
+    let waiting = later(api, request, Partial::Push { local });
+    match &mut api.ctx.cluster {
+        Some(cluster) => asked(cluster.route(&uids, &uri, &body, Some(waiting))),
+        None => Response::json(200, json!({ "delivered": local })).into(),
     }
 }
 
-fn broadcast(api: &mut Api, request: &Request) -> Response {
+fn broadcast(api: &mut Api, request: &Request) -> Outcome {
     let body: PushBody = match parse_json(request.body) {
         Ok(body) => body,
         Err(e) => return refuse(api, &format!("bad JSON: {e}")),
@@ -531,57 +653,93 @@ fn broadcast(api: &mut Api, request: &Request) -> Response {
     let body = body.body.unwrap_or_default();
     let frame = &mut api.push.frames;
     match deliver::broadcast(api.ctx, api.clients, frame, &uri, &body) {
-        Ok(delivered) => Response::json(200, json!({ "delivered": delivered })),
+        Ok(delivered) => {
+            if let Some(cluster) = &mut api.ctx.cluster {
+                cluster.broadcast(&uri, &body);
+            }
+            Response::json(200, json!({ "delivered": delivered })).into()
+        }
         Err(e) => too_large(api, &e.to_string()),
     }
 }
 
 /// A push that will not be delivered: counted, and answered 400.
-fn refuse(api: &mut Api, why: &str) -> Response {
+fn refuse(api: &mut Api, why: &str) -> Outcome {
     api.ctx.counters.refused += 1;
-    Response::error(400, why)
+    Response::error(400, why).into()
 }
 
 /// A push no client could take: counted, and answered 413 before anyone is disconnected.
-fn too_large(api: &mut Api, why: &str) -> Response {
+fn too_large(api: &mut Api, why: &str) -> Outcome {
     api.ctx.counters.refused += 1;
-    Response::error(413, why)
+    Response::error(413, why).into()
 }
 
-fn online(api: &mut Api, request: &Request) -> Response {
+fn online(api: &mut Api, request: &Request) -> Outcome {
     let mut uids = Vec::new();
     for pair in request.head.query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         match (percent_decode(name), percent_decode(value)) {
             (Some(name), Some(value)) if name == "uid" => uids.push(value),
             (Some(_), Some(_)) => {}
-            _ => return Response::error(400, "malformed query string"),
+            _ => return Response::error(400, "malformed query string").into(),
         }
     }
     if uids.is_empty() {
-        return Response::error(400, "give at least one uid parameter");
+        return Response::error(400, "give at least one uid parameter").into();
     }
-    let online: BTreeMap<&str, usize> = (uids.iter())
-        .map(|u| (u.as_str(), deliver::online(api.ctx, api.clients, u)))
+    let local: Vec<usize> = (uids.iter())
+        .map(|u| deliver::online(api.ctx, api.clients, u))
         .collect();
-    Response::json(200, json!({ "online": online }))
+    if api.ctx.cluster.is_none() {
+        let online: BTreeMap<&str, usize> = uids.iter().map(String::as_str).zip(local).collect();
+        return Response::json(200, json!({ "online": online })).into();
+    }
+    let partial = Partial::Online {
+        uids: uids.clone(),
+        local,
+    };
+    let waiting = later(api, request, partial);
+    let cluster = api.ctx.cluster.as_mut().expect("checked above");
+    asked(cluster.online(uids, Some(waiting)))
 }
 
-fn kick(api: &mut Api, request: &Request) -> Response {
+fn kick(api: &mut Api, request: &Request) -> Outcome {
     let uid = match parse_json::<KickBody>(request.body) {
         Ok(KickBody { uid: Some(uid) }) if !uid.is_empty() => uid,
-        Ok(_) => return Response::error(400, "uid is required"),
-        Err(e) => return Response::error(400, &format!("bad JSON: {e}")),
+        Ok(_) => return Response::error(400, "uid is required").into(),
+        Err(e) => return Response::error(400, &format!("bad JSON: {e}")).into(),
     };
-    let closed = deliver::kick(api.ctx, api.clients, &uid);
-    Response::json(200, json!({ "closed": closed }))
+    let local = deliver::kick(api.ctx, api.clients, &uid);
+    let waiting = later(api, request, Partial::Kick { local });
+    match &mut api.ctx.cluster {
+        Some(cluster) => asked(cluster.kick(&uid, Some(waiting))),
+        None => Response::json(200, json!({ "closed": local })).into(),
+    }
 }
 
-fn stats(api: &mut Api, _: &Request) -> Response {
-    Response::json(200, json!((api.stats)(api.ctx, api.clients)))
+/// The live nodes of the cluster; a single node lists itself.
+fn nodes(api: &mut Api, _: &Request) -> Outcome {
+    let nodes = match &api.ctx.cluster {
+        Some(cluster) => json!(cluster.nodes),
+        None => {
+            let stats = (api.stats)(api.ctx, api.clients);
+            json!([{
+                "id": "local",
+                "advertise": api.ctx.limits.outer_servers[0],
+                "connections": stats.connections,
+                "users": stats.users,
+            }])
+        }
+    };
+    Response::json(200, json!({ "nodes": nodes })).into()
 }
 
-fn metrics(api: &mut Api, _: &Request) -> Response {
+fn stats(api: &mut Api, _: &Request) -> Outcome {
+    Response::json(200, json!((api.stats)(api.ctx, api.clients))).into()
+}
+
+fn metrics(api: &mut Api, _: &Request) -> Outcome {
     Response {
         status: 200,
         content_type: "text/plain; version=0.0.4",
@@ -591,6 +749,7 @@ fn metrics(api: &mut Api, _: &Request) -> Response {
         allow: None,
         head_only: false,
     }
+    .into()
 }
 
 /// Reads a JSON request body; all of it must be UTF-8, including values no one reads.

@@ -9,6 +9,7 @@
 
 mod buffer;
 mod clients;
+mod cluster;
 mod conn;
 mod conns;
 mod ctx;
@@ -30,6 +31,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::cluster::{Event as ClusterEvent, Reply as ClusterReply};
 use crate::config::Config;
 use crate::handle::{self, Command, Commands, Handle};
 use crate::stats::Stats;
@@ -122,6 +124,8 @@ pub(crate) struct Reactor {
     /// `None` once the server has finished: the handle then reports `Stopped`.
     commands: Option<Commands>,
     commands_left: bool,
+    /// The cluster's broker may have events for the reactor.
+    cluster_left: bool,
     signals: Option<Signals>,
     /// Accepting is paused until this tick after running out of file descriptors.
     accept_paused_until: Option<u64>,
@@ -148,18 +152,26 @@ impl Reactor {
         if let Some(signals) = &mut signals {
             registry.register(signals, SIGNALS, Interest::READABLE)?;
         }
-        let (handle, commands) = handle::channel(Waker::new(registry, WAKER)?);
         let (auth, webhook) = match auth {
             AuthSource::Function(f) => (Auth::Function(f), None),
             AuthSource::Webhook(w) => (Auth::Webhook(Vec::new()), Some(w)),
         };
+        let waker = Arc::new(Waker::new(registry, WAKER)?);
+        let (handle, commands) = handle::channel(waker.clone());
+        let mut ctx = Ctx::new(config, auth, hooks);
+        if config.redis.is_some() {
+            let advertise =
+                (config.advertise.clone()).unwrap_or_else(|| config.outer_servers[0].clone());
+            ctx.cluster = Some(cluster::Cluster::start(config, advertise, waker)?);
+        }
+
         let reactor = Reactor {
             poll,
             events: Events::with_capacity(1024),
             listeners: bound,
             addrs,
             tls: listeners.tls,
-            ctx: Ctx::new(config, auth, hooks),
+            ctx,
             clients: Table::new(Kind::Client),
             https: Table::new(Kind::Http),
             webhook,
@@ -172,6 +184,7 @@ impl Reactor {
             reaped_https: Vec::new(),
             commands: Some(commands),
             commands_left: false,
+            cluster_left: false,
             signals,
             accept_paused_until: None,
         };
@@ -215,9 +228,16 @@ impl Reactor {
         if self.commands_left {
             self.run_commands();
         }
+        if self.cluster_left {
+            self.cluster_events();
+        }
         self.resume_unread();
         self.retry_accepts();
         self.expire_timers();
+        if let Some(cluster) = &mut self.ctx.cluster {
+            let gauges = &self.ctx.gauges;
+            cluster.report_load(self.ctx.core.clock.tick, gauges.clients, gauges.users);
+        }
         self.settle_auth();
         self.reap();
         self.flush();
@@ -254,7 +274,11 @@ impl Reactor {
             token if ConnRef::from_token(token).kind() == Kind::Fixed && token.0 < WAKER.0 => {
                 self.accept(Side::ALL[ConnRef::from_token(token).key()]);
             }
-            WAKER => self.commands_left = true,
+            // The handle and the cluster's broker share the waker: look at both.
+            WAKER => {
+                self.commands_left = true;
+                self.cluster_left = self.ctx.cluster.is_some();
+            }
             SIGNALS => self.on_signal(),
             token => {
                 let r = ConnRef::from_token(token);
@@ -343,6 +367,7 @@ impl Reactor {
     /// connection kept).
     fn ingest_requests(&mut self, key: usize, n: usize) {
         let mut api = Api {
+            conn: self.https.ref_of(key),
             ctx: &mut self.ctx,
             clients: &mut self.clients,
             push: &mut self.push,
@@ -362,7 +387,7 @@ impl Reactor {
 
     /// An HTTP connection's responses drained: answer what it already sent, then read on.
     fn resume_http(&mut self, r: ConnRef) {
-        let Some(conn) = self.https.get(r) else {
+        let Some(conn) = self.https.get(r).filter(|c| !c.waiting) else {
             return;
         };
         conn.link.read_paused = false;
@@ -678,26 +703,62 @@ impl Reactor {
         let (ctx, clients, frame) = (&mut self.ctx, &mut self.clients, &mut self.push.frames);
         match command {
             Command::Push { uids, uri, body } => {
-                if let Err(e) = deliver::push(ctx, clients, frame, &uids, &uri, &body) {
-                    ctx.counters.refused += 1;
-                    warn!("handle: push to {uids:?} refused: {e}");
+                match deliver::push(ctx, clients, frame, &uids, &uri, &body) {
+                    Err(e) => {
+                        ctx.counters.refused += 1;
+                        warn!("handle: push to {uids:?} refused: {e}");
+                    }
+                    Ok(_) => {
+                        if let Some(cluster) = &mut ctx.cluster
+                            && cluster.route(&uids, &uri, &body, None).is_some()
+                        {
+                            ctx.counters.unrouted += 1;
+                        }
+                    }
                 }
             }
             Command::Broadcast { uri, body } => {
-                if let Err(e) = deliver::broadcast(ctx, clients, frame, &uri, &body) {
-                    ctx.counters.refused += 1;
-                    warn!("handle: broadcast refused: {e}");
+                match deliver::broadcast(ctx, clients, frame, &uri, &body) {
+                    Err(e) => {
+                        ctx.counters.refused += 1;
+                        warn!("handle: broadcast refused: {e}");
+                    }
+                    Ok(_) => {
+                        if let Some(cluster) = &mut ctx.cluster {
+                            cluster.broadcast(&uri, &body);
+                        }
+                    }
                 }
             }
             Command::Kick { uid, reply } => {
-                let _ = reply.send(deliver::kick(ctx, clients, &uid));
+                let local = deliver::kick(ctx, clients, &uid);
+                match &mut ctx.cluster {
+                    Some(cluster) => {
+                        let waiting = cluster::Waiting::Kick { reply, local };
+                        if let Some(finished) = cluster.kick(&uid, Some(waiting)) {
+                            self.finish(finished);
+                        }
+                    }
+                    None => {
+                        let _ = reply.send(local);
+                    }
+                }
             }
             Command::Online { uids, reply } => {
-                let _ = reply.send(
-                    uids.iter()
-                        .map(|u| deliver::online(ctx, clients, u))
-                        .collect(),
-                );
+                let local: Vec<usize> = (uids.iter())
+                    .map(|u| deliver::online(ctx, clients, u))
+                    .collect();
+                match &mut ctx.cluster {
+                    Some(cluster) => {
+                        let waiting = cluster::Waiting::Online { reply, local };
+                        if let Some(finished) = cluster.online(uids, Some(waiting)) {
+                            self.finish(finished);
+                        }
+                    }
+                    None => {
+                        let _ = reply.send(local);
+                    }
+                }
             }
             Command::Stats { reply } => {
                 let _ = reply.send(stats(ctx, clients));
@@ -707,6 +768,95 @@ impl Reactor {
                     .push((ticket.0, uid.ok_or("rejected by the auth function")));
             }
             Command::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// What the cluster's broker reported: pushes, broadcasts and kicks from other nodes for
+    /// the connections here, answers to requests, the node list, Redis up or down.
+    fn cluster_events(&mut self) {
+        self.cluster_left = false;
+        let Some(cluster) = &mut self.ctx.cluster else {
+            return;
+        };
+        for event in cluster.events() {
+            let (ctx, clients, frames) = (&mut self.ctx, &mut self.clients, &mut self.push.frames);
+            match event {
+                ClusterEvent::Deliver(pushes) => {
+                    for p in pushes {
+                        if let Err(e) =
+                            deliver::push(ctx, clients, frames, &p.uids, &p.uri, &p.body)
+                        {
+                            warn!("cluster: a push from another node refused: {e}");
+                        }
+                    }
+                }
+                ClusterEvent::Broadcast { uri, body } => {
+                    if let Err(e) = deliver::broadcast(ctx, clients, frames, &uri, &body) {
+                        warn!("cluster: a broadcast from another node refused: {e}");
+                    }
+                }
+                ClusterEvent::Kick { uid } => {
+                    deliver::kick(ctx, clients, &uid);
+                }
+                ClusterEvent::Reply { id, result } => {
+                    let cluster = ctx.cluster.as_mut().expect("cluster mode");
+                    if let Some(finished) = cluster.answered(id, result) {
+                        self.finish(finished);
+                    }
+                }
+                ClusterEvent::Nodes(nodes) => {
+                    ctx.cluster.as_mut().expect("cluster mode").nodes = nodes;
+                }
+                ClusterEvent::Up => {
+                    info!("cluster: Redis is up; this node is registered");
+                    ctx.cluster.as_mut().expect("cluster mode").up = true;
+                }
+                ClusterEvent::Down(reason) => {
+                    warn!("cluster: Redis is down: {reason}; serving local connections only");
+                    let cluster = ctx.cluster.as_mut().expect("cluster mode");
+                    cluster.up = false;
+                    cluster.down_reason = reason;
+                }
+            }
+        }
+    }
+
+    /// A request that waited for the cluster is answered.
+    fn finish(&mut self, finished: cluster::Finished) {
+        let cluster::Finished { waiting, result } = finished;
+        match waiting {
+            cluster::Waiting::Kick { reply, local } => {
+                let remote = match result {
+                    Ok(ClusterReply::Kicked { remote }) => remote as usize,
+                    _ => 0,
+                };
+                let _ = reply.send(local + remote);
+            }
+            cluster::Waiting::Online { reply, local } => {
+                let counts = match result {
+                    Ok(ClusterReply::Online(remote)) => (local.iter().zip(remote))
+                        .map(|(&l, r)| l + r as usize)
+                        .collect(),
+                    _ => local,
+                };
+                let _ = reply.send(counts);
+            }
+            cluster::Waiting::Http { conn, answer } => {
+                let Some(http) = self.https.get(conn) else {
+                    return; // the client left meanwhile
+                };
+                http.waiting = false;
+                let response = http::finish(&answer, result);
+                http::respond(
+                    &mut self.ctx,
+                    &mut self.https,
+                    conn.key(),
+                    &response,
+                    answer.close,
+                );
+                // Its pipelined requests are answered once this response is out.
+                self.resume_http(conn);
+            }
         }
     }
 
@@ -735,9 +885,11 @@ impl Reactor {
                 conn::State::User { uid } => {
                     ctx.gauges.users -= 1;
                     debug!("c#{key}: uid {uid:?} closed ({reason})");
-                    if ctx.registry.remove(&uid, key as u32)
-                        && let Some(hook) = &mut ctx.hooks.on_offline
-                    {
+                    let offline = ctx.registry.remove(&uid, key as u32);
+                    if let Some(cluster) = &mut ctx.cluster {
+                        cluster.presence(&uid, ctx.registry.keys(&uid).len());
+                    }
+                    if offline && let Some(hook) = &mut ctx.hooks.on_offline {
                         hook(&uid);
                     }
                 }
@@ -879,6 +1031,8 @@ impl Reactor {
         }
         let webhook_done = self.webhook.as_ref().is_none_or(|w| w.is_empty());
         if self.clients.is_empty() && self.https.is_empty() && webhook_done {
+            // Leaving the cluster removes this node's record at once.
+            self.ctx.cluster = None;
             info!("shut down");
             self.commands = None;
         }
@@ -906,6 +1060,7 @@ fn stats(ctx: &Ctx, clients: &Table<ClientConn>) -> Stats {
             uids: ctx.registry.uids() as u64,
             http_connections: ctx.gauges.http,
             transports: ctx.gauges.transports,
+            cluster_up: ctx.cluster.as_ref().map(|c| c.up),
             buffered_bytes: buffered,
         },
         ctx.core.clock.uptime().as_secs(),

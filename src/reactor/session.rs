@@ -211,6 +211,9 @@ fn decide<'a>(
 
 fn become_user<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef, uid: &str) -> Step<'a> {
     let (uid, online) = ctx.registry.add(uid, r.key() as u32);
+    if let Some(cluster) = &mut ctx.cluster {
+        cluster.presence(&uid, ctx.registry.keys(&uid).len());
+    }
     conn.state = State::User { uid: uid.clone() };
     ctx.gauges.users += 1;
     debug!("{}: authenticated as uid {uid:?}", name(r));

@@ -1,0 +1,218 @@
+//! Cluster mode (PROTOCOL.md §8): three gateways on one real redis-server behave as one. A push
+//! sent to any node reaches the uid's connections on every node, once and in order; online,
+//! kick, broadcast and the node list span the cluster; a dead node leaves it; Redis going away
+//! and coming back costs only what was in flight, and says so.
+
+mod common;
+
+use common::redis::RedisServer;
+use common::*;
+use plex::Config;
+use serde_json::{Value, json};
+
+/// A node of the cluster on `redis`.
+fn node(redis: &RedisServer) -> TestServer {
+    node_with(redis, |_| {})
+}
+
+fn node_with(redis: &RedisServer, adjust: impl FnOnce(&mut Config)) -> TestServer {
+    let mut config = Config {
+        redis: Some(redis.url()),
+        node_ttl: 2,
+        ..config()
+    };
+    adjust(&mut config);
+    let server = start(config);
+    wait_ready(&server);
+    server
+}
+
+/// Waits until the node answers `/readyz` with 200: registered with Redis and subscribed.
+fn wait_ready(server: &TestServer) {
+    let ok = wait_until(WAIT, || http(server, "GET", "/readyz", None).0 == 200);
+    assert!(
+        ok,
+        "node never became ready: {:?}",
+        http(server, "GET", "/readyz", None)
+    );
+}
+
+/// One HTTP request to a node's API with the bearer token; the status and the JSON body.
+fn http(server: &TestServer, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(WAIT))
+        .build()
+        .into();
+    let url = format!("http://{}{path}", server.http);
+    let response = match body {
+        Some(body) => agent
+            .post(&url)
+            .header("Authorization", "Bearer plex-inner")
+            .send_json(body),
+        None => agent
+            .get(&url)
+            .header("Authorization", "Bearer plex-inner")
+            .call(),
+    }
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Waits until `uid` is seen online `n` times from `server` (presence takes a batch to land).
+fn wait_cluster_online(server: &TestServer, uid: &str, n: u64) {
+    let path = format!("/plex/v1/online?uid={uid}");
+    let ok = wait_until(WAIT, || {
+        http(server, "GET", &path, None).1["online"][uid] == n
+    });
+    assert!(
+        ok,
+        "{uid} never online {n} times: {:?}",
+        http(server, "GET", &path, None)
+    );
+}
+
+#[test]
+fn three_nodes_act_as_one() {
+    let redis = RedisServer::start();
+    let (a, b, c) = (node(&redis), node(&redis), node(&redis));
+    let mut carol = c.user("carol");
+    let mut bob = b.user("bob");
+    let mut bob_on_c = c.user("bob");
+    wait_cluster_online(&a, "carol", 1);
+    wait_cluster_online(&a, "bob", 2);
+
+    // A push sent to A by HTTP and by inner TCP reaches carol on C, once each, in order.
+    let mut inner = a.inner();
+    for i in 0..50 {
+        if i % 2 == 0 {
+            let push = json!({"uid": "carol", "uri": "/seq", "body": i.to_string()});
+            assert_eq!(
+                http(&a, "POST", "/plex/v1/push", Some(push)).1["delivered"],
+                1
+            );
+        } else {
+            push(&mut inner, "carol", "/seq", &i.to_string());
+        }
+    }
+    for i in 0..50 {
+        expect_msg(&mut carol, "/seq", &i.to_string());
+    }
+    assert_alive(&mut carol); // and nothing more was queued before the answer
+
+    // A uid on two nodes gets it on both; the answer counts both.
+    let push = json!({"uid": "bob", "uri": "/both", "body": "x"});
+    assert_eq!(
+        http(&a, "POST", "/plex/v1/push", Some(push)).1["delivered"],
+        2
+    );
+    expect_msg(&mut bob, "/both", "x");
+    expect_msg(&mut bob_on_c, "/both", "x");
+
+    // Broadcast reaches every node's users.
+    let mut alice_on_a = a.user("alice");
+    let cast = json!({"uri": "/all", "body": "hello"});
+    assert_eq!(http(&b, "POST", "/plex/v1/broadcast", Some(cast)).0, 200);
+    for c in [&mut alice_on_a, &mut bob, &mut bob_on_c, &mut carol] {
+        expect_msg(c, "/all", "hello");
+    }
+
+    // The node list (refreshed about every second), and a host from it: the least loaded.
+    let listed = |n: &TestServer| http(n, "GET", "/plex/v1/nodes", None).1["nodes"].clone();
+    let ok = wait_until(WAIT, || {
+        let nodes = listed(&a);
+        let users: Vec<u64> = (nodes.as_array().unwrap().iter())
+            .map(|n| n["users"].as_u64().unwrap())
+            .collect();
+        users.len() == 3 && users.iter().sum::<u64>() == 4
+    });
+    assert!(ok, "{}", listed(&a));
+    let host = http(&a, "GET", "/plex/v1/host", None).1["host"].clone();
+    let idlest = (listed(&a).as_array().unwrap().iter())
+        .min_by_key(|n| n["connections"].as_u64())
+        .map(|n| n["advertise"].clone());
+    assert_eq!(Some(host), idlest);
+
+    // Kick on A closes bob on B and C.
+    let kicked = http(&a, "POST", "/plex/v1/kick", Some(json!({"uid": "bob"})));
+    assert_eq!(kicked.1["closed"], 2, "{kicked:?}");
+    assert_closed(&mut bob);
+    assert_closed(&mut bob_on_c);
+    wait_cluster_online(&a, "bob", 0);
+    assert_eq!(a.stats().unrouted, 0);
+}
+
+#[test]
+fn redis_down_keeps_local_pushes_and_fails_remote_ones_clearly() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let mut here = a.user("here");
+    let mut there = b.user("there");
+    wait_cluster_online(&a, "there", 1);
+
+    redis.stop();
+    let ok = wait_until(WAIT, || http(&a, "GET", "/readyz", None).0 == 503);
+    assert!(ok, "readyz still 200 with Redis down");
+    // Local pushes flow; a push that needs the cluster says it could not reach it.
+    let (status, body) = http(
+        &a,
+        "POST",
+        "/plex/v1/push",
+        Some(json!({"uid": "here", "uri": "/l"})),
+    );
+    assert_eq!((status, &body["delivered"]), (503, &json!(1)), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("cluster"),
+        "{body}"
+    );
+    expect(&mut here, "/l");
+    let (status, _) = http(
+        &a,
+        "POST",
+        "/plex/v1/push",
+        Some(json!({"uid": "there", "uri": "/r"})),
+    );
+    assert_eq!(status, 503);
+    assert_alive(&mut here);
+
+    // Back: routing works again with no operator action, and nothing is delivered twice.
+    redis.restart();
+    wait_ready(&a);
+    wait_ready(&b);
+    wait_cluster_online(&a, "there", 1);
+    let push = json!({"uid": "there", "uri": "/again", "body": "1"});
+    assert_eq!(
+        http(&a, "POST", "/plex/v1/push", Some(push)).1["delivered"],
+        1
+    );
+    expect_msg(&mut there, "/again", "1");
+    assert_alive(&mut there);
+}
+
+#[test]
+fn inner_push_local_keeps_fanning_back_ends_from_delivering_twice() {
+    let redis = RedisServer::start();
+    let local = |c: &mut Config| c.inner_push_local = true;
+    let (a, b) = (node_with(&redis, local), node_with(&redis, local));
+    let mut user = b.user("u");
+    wait_cluster_online(&a, "u", 1);
+    // A back-end like the original's PlexClient sends each push to every node it knows.
+    let (mut to_a, mut to_b) = (a.inner(), b.inner());
+    for i in 0..10 {
+        push(&mut to_a, "u", "/once", &i.to_string());
+        push(&mut to_b, "u", "/once", &i.to_string());
+    }
+    for i in 0..10 {
+        expect_msg(&mut user, "/once", &i.to_string());
+    }
+    assert_alive(&mut user);
+    // HTTP pushes still route: they are not what such back-ends fan out.
+    let push = json!({"uid": "u", "uri": "/http"});
+    assert_eq!(
+        http(&a, "POST", "/plex/v1/push", Some(push)).1["delivered"],
+        1
+    );
+    expect(&mut user, "/http");
+}
