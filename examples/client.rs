@@ -52,6 +52,8 @@ fn main() -> ExitCode {
                 reconnecting,
             } => println!("disconnected ({reason:?}); reconnecting: {reconnecting}"),
             Event::Reconnected => println!("reconnected"),
+            Event::Resumed { recovered: true } => println!("resumed: nothing was missed"),
+            Event::Resumed { recovered: false } => println!("resumed: some pushes were missed"),
         }
     }
     ExitCode::FAILURE

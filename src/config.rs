@@ -113,6 +113,12 @@ pub struct Config {
     /// Inner TCP pushes reach only this node's connections: for back-ends that, like the
     /// original's PlexClient, already send every push to every node.
     pub inner_push_local: bool,
+    /// Pushes kept per uid for clients that reconnect (0: no history).
+    pub history_size: usize,
+    /// Seconds a kept push is kept at most.
+    pub history_ttl: u64,
+    /// Bytes all kept pushes may take on a single node (in memory); the oldest go first.
+    pub history_memory: usize,
 }
 
 /// How client tokens are checked.
@@ -197,6 +203,9 @@ impl Default for Config {
             advertise: None,
             node_ttl: 15,
             inner_push_local: false,
+            history_size: 0,
+            history_ttl: 300,
+            history_memory: 64 * 1024 * 1024,
         }
     }
 }
@@ -263,6 +272,7 @@ impl Config {
             ("AuthWebhookTimeout", self.auth_webhook_timeout),
             ("HandshakeTimeout", self.handshake_timeout),
             ("NodeTtl", self.node_ttl),
+            ("HistoryTtl", self.history_ttl),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return fail(format!("{name} must be greater than 0"));

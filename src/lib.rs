@@ -24,6 +24,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 mod handle;
+pub mod history;
 pub mod protocol;
 mod reactor;
 mod server;

@@ -51,6 +51,8 @@ pub(crate) struct Gauges {
     pub transports: [u64; 4],
     /// Cluster mode: whether Redis is usable.
     pub cluster_up: Option<bool>,
+    /// History in memory: bytes held, pushes evicted for memory, pushes expired.
+    pub history: Option<(u64, u64, u64)>,
 }
 
 /// A snapshot of the server's gauges and counters.
@@ -98,6 +100,15 @@ pub struct Stats {
     pub cluster_up: Option<bool>,
     /// Pushes that could not be routed to the other nodes (Redis down, or its queue full).
     pub unrouted: u64,
+    /// History in memory (absent when off): bytes held against `HistoryMemory`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_bytes: Option<u64>,
+    /// Retained pushes evicted to stay under `HistoryMemory`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_evicted: Option<u64>,
+    /// Retained pushes dropped at `HistoryTtl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_expired: Option<u64>,
     /// Client connections closed for an auth or heartbeat timeout.
     pub timeouts: u64,
     /// Client connections closed, by reason.
@@ -138,6 +149,9 @@ impl Stats {
             http_rejected: c.http_rejected,
             cluster_up: g.cluster_up,
             unrouted: c.unrouted,
+            history_bytes: g.history.map(|h| h.0),
+            history_evicted: g.history.map(|h| h.1),
+            history_expired: g.history.map(|h| h.2),
             timeouts: c.closed[CloseReason::AuthTimeout as usize]
                 + c.closed[CloseReason::HeartbeatTimeout as usize],
             closed: by_reason(&c.closed),
@@ -299,6 +313,7 @@ mod tests {
             buffered_bytes: 0,
             transports: [1, 0, 2, 0],
             cluster_up: None,
+            history: None,
         };
         let text = Stats::from_counters(&c, gauges, 9).to_prometheus();
         assert!(text.contains("# TYPE plex_pushes_total counter\nplex_pushes_total 7\n"));

@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ByteOrder, Codec, Decoder, Message, uri};
+use crate::protocol::{ByteOrder, Codec, Decoder, Message, Position, frame, uri};
 
 /// How long `connect` waits for each address, as the Android SDK does.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,6 +22,19 @@ pub struct Connection {
     /// Bytes read but not yet returned as messages (a partial frame survives a timeout).
     input: Vec<u8>,
     output: Vec<u8>,
+    /// The place in its uid's history of the last push received that had one.
+    last: Option<(String, u64)>,
+}
+
+/// What `/auth/success` says to a client that gave its last place in the history
+/// (PROTOCOL.md §9).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct Resumed {
+    /// Nothing was missed: every push after the place given follows.
+    pub recovered: bool,
+    /// The uid's current epoch and last offset.
+    pub epoch: String,
+    pub offset: u64,
 }
 
 impl Connection {
@@ -48,6 +61,7 @@ impl Connection {
             codec: Codec::Json,
             input: Vec::new(),
             output: Vec::new(),
+            last: None,
         })
     }
 
@@ -106,8 +120,12 @@ impl Connection {
                 } else {
                     let message = self.codec.decode(payload);
                     let message =
-                        message.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
-                    Some(message?.into_owned())
+                        message.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    if message.position.offset != 0 {
+                        let at = &message.position;
+                        self.last = Some((at.epoch.to_string(), at.offset));
+                    }
+                    Some(message.into_owned())
                 };
                 self.input.drain(..used);
                 match message {
@@ -138,6 +156,48 @@ impl Connection {
     pub fn authenticate(&mut self, token: &str, timeout: Duration) -> io::Result<bool> {
         self.send(uri::AUTH, token)?;
         self.await_auth(timeout)
+    }
+
+    /// The place in its uid's history of the last push received that had one (the server
+    /// keeps a history): what to give [`resume`](Self::resume) after a reconnect.
+    pub fn position(&self) -> Option<(&str, u64)> {
+        self.last
+            .as_ref()
+            .map(|(epoch, offset)| (epoch.as_str(), *offset))
+    }
+
+    /// Authenticates like [`authenticate`](Self::authenticate), giving the last place in the
+    /// history this uid's client received. `Ok(None)` when the token is refused; otherwise
+    /// what the server says was missed. Every retained push after `(epoch, offset)` follows.
+    pub fn resume(
+        &mut self,
+        token: &str,
+        (epoch, offset): (&str, u64),
+        timeout: Duration,
+    ) -> io::Result<Option<Resumed>> {
+        self.output.clear();
+        let at = Position {
+            offset,
+            epoch: epoch.into(),
+        };
+        frame::encode_with(&mut self.output, self.order, |out| {
+            self.codec.write_payload_at(out, 0, uri::AUTH, token, &at)
+        });
+        self.stream.write_all(&self.output)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = self.recv(Some(left))?;
+            match message.uri.as_str() {
+                uri::AUTH_SUCCESS => {
+                    let resumed = serde_json::from_str(&message.body)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    return Ok(Some(resumed));
+                }
+                uri::AUTH_FAILED => return Ok(None),
+                _ => {}
+            }
+        }
     }
 
     /// Sends `/inner/auth/server` with the inner password and waits for the answer.

@@ -26,7 +26,7 @@ mod user;
 
 pub use crate::protocol::Codec;
 pub(crate) use backoff::Backoff;
-pub use connection::{CONNECT_TIMEOUT, Connection, FrameWriter};
+pub use connection::{CONNECT_TIMEOUT, Connection, FrameWriter, Resumed};
 pub use host::{HOST_PATH, lookup_host};
 pub use push::{
     CLOSE_TIMEOUT, PlexClient, PlexClientConfig, PushError, ServerState, ServerStatus, Unflushed,

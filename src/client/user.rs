@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use super::backoff::Backoff;
-use super::connection::{Connection, FrameWriter};
+use super::connection::{Connection, FrameWriter, Resumed};
 use super::host::lookup_host;
 use crate::protocol::{ByteOrder, Codec, Message, uri};
 
@@ -103,6 +103,11 @@ pub enum Event {
     },
     /// Connected and authenticated again after a loss.
     Reconnected,
+    /// After `Reconnected`, when the server keeps a history (PROTOCOL.md §9): the client gave
+    /// the place of the last push it got, and the server says whether every push since then
+    /// follows (`recovered`), or some were lost meanwhile (the application may want to fetch
+    /// what it missed another way).
+    Resumed { recovered: bool },
 }
 
 /// Why a connection was lost.
@@ -161,7 +166,7 @@ impl UserClient {
     /// background. The first attempt is made here, so that an unreachable server or a refused
     /// token is reported at once rather than retried.
     pub fn connect(config: UserConfig) -> Result<UserClient, ConnectError> {
-        let (conn, writer) = open(&config)?;
+        let (conn, writer, _) = open(&config, None)?;
         let shared = Arc::new(Shared {
             writer: Mutex::new(Some(writer)),
             stopped: Mutex::new(false),
@@ -300,8 +305,14 @@ struct Worker {
 impl Worker {
     fn run(self, mut conn: Connection) {
         let mut backoff = Backoff::new();
+        // The place of the last push received in the uid's history, kept across connections.
+        let mut position: Option<(String, u64)> = None;
         loop {
-            let reason = match self.session(&mut conn) {
+            let end = self.session(&mut conn);
+            if let Some((epoch, offset)) = conn.position() {
+                position = Some((epoch.to_owned(), offset));
+            }
+            let reason = match end {
                 SessionEnd::Stopped => return,
                 SessionEnd::Lost(reason) => reason,
             };
@@ -314,14 +325,14 @@ impl Worker {
             if !reconnecting {
                 return;
             }
-            conn = loop {
+            let reopened = loop {
                 if self.shared.sleep(backoff.next_delay()) {
                     return;
                 }
-                match open(&self.config) {
-                    Ok((conn, writer)) => {
+                match open(&self.config, position.as_ref()) {
+                    Ok((conn, writer, resumed)) => {
                         *self.shared.writer() = Some(writer);
-                        break conn;
+                        break (conn, resumed);
                     }
                     Err(ConnectError::AuthRefused) => {
                         warn!("the server refused the token; not reconnecting");
@@ -334,9 +345,16 @@ impl Worker {
                     Err(ConnectError::Io(e)) => debug!("reconnect failed: {e}"),
                 }
             };
+            let resumed;
+            (conn, resumed) = reopened;
             backoff.reset();
             info!("reconnected");
             self.emit(Event::Reconnected);
+            if let Some(resumed) = resumed {
+                self.emit(Event::Resumed {
+                    recovered: resumed.recovered,
+                });
+            }
         }
     }
 
@@ -410,21 +428,32 @@ impl Worker {
     }
 }
 
-/// Finds the server, connects and authenticates; returns the connection and its sending half.
-fn open(config: &UserConfig) -> Result<(Connection, FrameWriter), ConnectError> {
+/// Finds the server, connects and authenticates, resuming from `position` when it has one;
+/// returns the connection, its sending half and what the server said of the resumption.
+fn open(
+    config: &UserConfig,
+    position: Option<&(String, u64)>,
+) -> Result<(Connection, FrameWriter, Option<Resumed>), ConnectError> {
     let server = match &config.server {
         ServerAddr::Direct(server) => server.clone(),
         ServerAddr::HostApi(api) => lookup_host(api, ANSWER_TIMEOUT)?,
     };
     let order = ByteOrder::from_little_endian(config.little_endian);
     let mut conn = Connection::connect(&server, order)?.with_codec(config.codec);
-    if conn.authenticate(&config.token, ANSWER_TIMEOUT)? {
+    let (accepted, resumed) = match position {
+        Some((epoch, offset)) => {
+            let resumed = conn.resume(&config.token, (epoch, *offset), ANSWER_TIMEOUT)?;
+            (resumed.is_some(), resumed)
+        }
+        None => (conn.authenticate(&config.token, ANSWER_TIMEOUT)?, None),
+    };
+    if accepted {
         debug!("authenticated with {server}");
         let writer = conn.writer()?;
         // A server that stops reading must not hold a heartbeat, an upstream send or a
         // `close` (which shuts the socket down under the same lock) forever.
         writer.set_write_timeout(Some(ANSWER_TIMEOUT))?;
-        Ok((conn, writer))
+        Ok((conn, writer, resumed))
     } else {
         Err(ConnectError::AuthRefused)
     }

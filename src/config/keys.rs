@@ -125,6 +125,11 @@ static KEYS: &[Key] = &[
         "a node that stops refreshing leaves the cluster after this long"),
     key!(inner_push_local, "InnerPushLocal", "",
         "inner TCP pushes stay on this node (back-ends that send to every node)"),
+    key!(history_size, "HistorySize", "N",
+        "pushes kept per uid for clients that reconnect (0: no history)"),
+    key!(history_ttl, "HistoryTtl", "SECS", "how long a kept push is kept at most"),
+    key!(history_memory, "HistoryMemory", "BYTES",
+        "bytes all kept pushes may take on a single node; the oldest go first"),
 ];
 
 /// `MaxPendingBytes` → `--max-pending-bytes`.

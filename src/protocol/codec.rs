@@ -17,7 +17,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::frame::{self, ByteOrder};
-use super::message::{self, DecodeError, MessageRef};
+use super::message::{self, DecodeError, MessageRef, Position};
 use super::proto::{self, ProtoError};
 
 /// The form of a connection's messages.
@@ -44,9 +44,21 @@ impl Codec {
     /// Appends `{seq, uri, body}` as a payload, with no header: to encode a message once
     /// per codec and frame it (or not) for each transport.
     pub fn write_payload(self, out: &mut Vec<u8>, seq: i64, uri: &str, body: &str) {
+        self.write_payload_at(out, seq, uri, body, &Position::default());
+    }
+
+    /// [`write_payload`](Self::write_payload) with the message's place in its uid's history.
+    pub fn write_payload_at(
+        self,
+        out: &mut Vec<u8>,
+        seq: i64,
+        uri: &str,
+        body: &str,
+        at: &Position,
+    ) {
         match self {
-            Codec::Json => message::write_message(out, seq, uri, body),
-            Codec::Protobuf => proto::write_message(out, seq, uri, body),
+            Codec::Json => message::write_message_at(out, seq, uri, body, at),
+            Codec::Protobuf => proto::write_message_at(out, seq, uri, body, at),
         }
     }
 
@@ -136,6 +148,26 @@ impl std::error::Error for CodecError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_round_trips_in_both_codecs_and_is_absent_by_default() {
+        let at = Position {
+            offset: 42,
+            epoch: "e-7".into(),
+        };
+        for codec in [Codec::Json, Codec::Protobuf] {
+            let mut out = Vec::new();
+            codec.write_payload_at(&mut out, 5, "/m", "b", &at);
+            let m = codec.decode(&out).unwrap();
+            assert_eq!((m.seq, &*m.uri, &*m.body, &m.position), (5, "/m", "b", &at));
+            out.clear();
+            codec.write_payload(&mut out, 5, "/m", "b");
+            assert!(codec.decode(&out).unwrap().position.is_none());
+        }
+        let mut json = Vec::new();
+        Codec::Json.write_payload_at(&mut json, 1, "/m", "", &at);
+        assert_eq!(json, br#"{"seq":1,"uri":"/m","offset":42,"epoch":"e-7"}"#);
+    }
     use crate::protocol::Decoder;
 
     #[test]

@@ -48,6 +48,22 @@ pub struct MessageRef<'a> {
     pub seq: i64,
     pub uri: Cow<'a, str>,
     pub body: Cow<'a, str>,
+    /// Its place in the uid's history (PROTOCOL.md §9): a push's, or the last a resuming
+    /// client received; absent as 0 and "".
+    pub position: Position<'a>,
+}
+
+/// A place in a uid's history: the `offset` of a push under the history's `epoch`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Position<'a> {
+    pub offset: u64,
+    pub epoch: Cow<'a, str>,
+}
+
+impl Position<'_> {
+    pub fn is_none(&self) -> bool {
+        self.offset == 0 && self.epoch.is_empty()
+    }
 }
 
 impl<'a> MessageRef<'a> {
@@ -56,12 +72,7 @@ impl<'a> MessageRef<'a> {
     /// Anything else (not UTF-8, not JSON, not an object, a field of the wrong type) is an
     /// error: a bad frame.
     pub fn decode(payload: &'a [u8]) -> Result<Self, DecodeError> {
-        let raw = RawMessage::decode(payload)?;
-        Ok(MessageRef {
-            seq: raw.seq,
-            uri: raw.uri,
-            body: raw.body.to_cow(),
-        })
+        RawMessage::decode(payload).map(RawMessage::into_ref)
     }
 
     pub fn into_owned(self) -> Message {
@@ -82,9 +93,19 @@ pub struct RawMessage<'a> {
     pub seq: i64,
     pub uri: Cow<'a, str>,
     pub body: RawStr<'a>,
+    pub position: Position<'a>,
 }
 
 impl<'a> RawMessage<'a> {
+    pub fn into_ref(self) -> MessageRef<'a> {
+        MessageRef {
+            seq: self.seq,
+            uri: self.uri,
+            body: self.body.to_cow(),
+            position: self.position,
+        }
+    }
+
     pub fn into_owned(self) -> Message {
         Message {
             seq: self.seq,
@@ -304,6 +325,12 @@ pub fn encode_message(out: &mut Vec<u8>, order: ByteOrder, seq: i64, uri: &str, 
 /// `body` when empty as Go's `omitempty` does. Written by hand, byte for byte what serde_json
 /// writes: this runs once per push, and most of a push's bytes need no escaping.
 pub fn write_message(out: &mut Vec<u8>, seq: i64, uri: &str, body: &str) {
+    write_message_at(out, seq, uri, body, &Position::default());
+}
+
+/// [`write_message`] with the message's place in its uid's history, as two more fields
+/// `offset` and `epoch` (omitted when absent, so the frame is then the original's).
+pub fn write_message_at(out: &mut Vec<u8>, seq: i64, uri: &str, body: &str, at: &Position) {
     out.push(b'{');
     if seq != 0 {
         out.extend_from_slice(b"\"seq\":");
@@ -315,6 +342,14 @@ pub fn write_message(out: &mut Vec<u8>, seq: i64, uri: &str, body: &str) {
     if !body.is_empty() {
         out.extend_from_slice(b",\"body\":");
         write_json_str(out, body);
+    }
+    if at.offset != 0 {
+        out.extend_from_slice(b",\"offset\":");
+        write_i64(out, at.offset as i64);
+    }
+    if !at.epoch.is_empty() {
+        out.extend_from_slice(b",\"epoch\":");
+        write_json_str(out, &at.epoch);
     }
     out.push(b'}');
 }
@@ -468,13 +503,15 @@ impl<'de, T: GoObject<'de>> Visitor<'de> for GoVisitor<T> {
 }
 
 impl<'de> GoObject<'de> for RawMessage<'de> {
-    const FIELDS: &'static [&'static str] = &["seq", "uri", "body"];
+    const FIELDS: &'static [&'static str] = &["seq", "uri", "body", "offset", "epoch"];
 
     fn set<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
         match index {
             0 => set_unless_null(&mut self.seq, map.next_value()?),
             1 => set_unless_null(&mut self.uri, next_str(map)?),
-            _ => set_unless_null(&mut self.body, map.next_value()?),
+            2 => set_unless_null(&mut self.body, map.next_value()?),
+            3 => set_unless_null(&mut self.position.offset, map.next_value()?),
+            _ => set_unless_null(&mut self.position.epoch, next_str(map)?),
         }
         Ok(())
     }

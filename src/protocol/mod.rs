@@ -10,5 +10,7 @@ pub mod ws;
 
 pub use codec::{Codec, CodecChoice, CodecError};
 pub use frame::{ByteOrder, Decoder, FrameTooLarge};
-pub use message::{DecodeError, Message, MessageRef, PushRequest, SeqClock, encode_message};
+pub use message::{
+    DecodeError, Message, MessageRef, Position, PushRequest, SeqClock, encode_message,
+};
 pub use proto::ProtoError;

@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::message::{MessageRef, RawMessage, RawStr};
+use super::message::{MessageRef, Position, RawMessage, RawStr};
 
 const VARINT: u8 = 0;
 const I64: u8 = 1;
@@ -30,6 +30,8 @@ const I32: u8 = 5;
 const SEQ_TAG: u8 = 1 << 3 | VARINT;
 const URI_TAG: u8 = 2 << 3 | LEN;
 const BODY_TAG: u8 = 3 << 3 | LEN;
+const OFFSET_TAG: u8 = 4 << 3 | VARINT;
+const EPOCH_TAG: u8 = 5 << 3 | LEN;
 
 /// Longest varint: 64 bits in 7-bit groups.
 const MAX_VARINT: usize = 10;
@@ -73,11 +75,7 @@ impl std::error::Error for ProtoError {}
 /// is the all-default message (which a frame reader takes for a keep-alive before it gets
 /// here).
 pub fn decode(payload: &[u8]) -> Result<MessageRef<'_>, ProtoError> {
-    decode_raw(payload).map(|m| MessageRef {
-        seq: m.seq,
-        uri: m.uri,
-        body: m.body.to_cow(),
-    })
+    decode_raw(payload).map(RawMessage::into_ref)
 }
 
 /// [`decode`] into the form the server reads frames in.
@@ -90,6 +88,8 @@ pub fn decode_raw(payload: &[u8]) -> Result<RawMessage<'_>, ProtoError> {
             (1, VARINT) => message.seq = input.varint()? as i64,
             (2, LEN) => message.uri = Cow::Borrowed(input.str()?),
             (3, LEN) => message.body = RawStr::plain(input.str()?),
+            (4, VARINT) => message.position.offset = input.varint()?,
+            (5, LEN) => message.position.epoch = Cow::Borrowed(input.str()?),
             _ => input.skip(wire)?,
         }
     }
@@ -171,8 +171,14 @@ impl<'a> Input<'a> {
 /// omitted as proto3 does. An all-default message is zero bytes, which on the wire is a
 /// keep-alive frame; the server never sends one, since its `uri` is always set.
 pub fn write_message(out: &mut Vec<u8>, seq: i64, uri: &str, body: &str) {
-    // Two tags, two lengths and a varint at most, besides the strings.
-    out.reserve(2 * (1 + MAX_VARINT32) + 1 + MAX_VARINT + uri.len() + body.len());
+    write_message_at(out, seq, uri, body, &Position::default());
+}
+
+/// [`write_message`] with the message's place in its uid's history: `offset = 4` and
+/// `epoch = 5`, omitted when absent.
+pub fn write_message_at(out: &mut Vec<u8>, seq: i64, uri: &str, body: &str, at: &Position) {
+    // Three tags, three lengths and two varints at most, besides the strings.
+    out.reserve(3 * (1 + MAX_VARINT32) + 2 * (1 + MAX_VARINT) + uri.len() + body.len());
     if seq != 0 {
         out.push(SEQ_TAG);
         // Two's complement: a negative seq takes all 10 bytes, as int64 does.
@@ -184,6 +190,15 @@ pub fn write_message(out: &mut Vec<u8>, seq: i64, uri: &str, body: &str) {
             write_varint(out, value.len() as u64);
             out.extend_from_slice(value.as_bytes());
         }
+    }
+    if at.offset != 0 {
+        out.push(OFFSET_TAG);
+        write_varint(out, at.offset);
+    }
+    if !at.epoch.is_empty() {
+        out.push(EPOCH_TAG);
+        write_varint(out, at.epoch.len() as u64);
+        out.extend_from_slice(at.epoch.as_bytes());
     }
 }
 

@@ -13,14 +13,17 @@ pub const HEARTBEAT: &str = "/heartbeat";
 pub const INNER_AUTH: &str = "/inner/auth/server";
 /// business → server: push; the body is `{"uid", "uri", "body"}` as a JSON string.
 pub const SEND_MSG: &str = "/logic/send/msg";
+/// client → server: its device has every push of its uid up to the offset in the body.
+pub const ACK: &str = "/ack";
 
-pub const RESERVED: [&str; 6] = [
+pub const RESERVED: [&str; 7] = [
     AUTH,
     AUTH_SUCCESS,
     AUTH_FAILED,
     HEARTBEAT,
     INNER_AUTH,
     SEND_MSG,
+    ACK,
 ];
 
 pub fn is_reserved(uri: &str) -> bool {

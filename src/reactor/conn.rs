@@ -5,20 +5,32 @@ use std::sync::Arc;
 
 use super::conns::HasLink;
 use super::link::Link;
-use crate::protocol::Codec;
 use crate::protocol::frame::{self, ByteOrder};
 use crate::protocol::ws::{self, ReadState};
+use crate::protocol::{Codec, Position};
 
 /// What a client connection is, and therefore what its frames may do.
 #[derive(Debug)]
 pub enum State {
     /// Accepted, must authenticate before the auth timeout; `pending` while an auth
-    /// function or the webhook is deciding.
-    Unauthenticated { failures: u32, pending: bool },
+    /// function or the webhook is deciding; `resume` when its `/auth/server` gave the last
+    /// place in its history it received.
+    Unauthenticated {
+        failures: u32,
+        pending: bool,
+        resume: Option<Box<Resume>>,
+    },
     /// Authenticated as a uid; receives that uid's pushes.
     User { uid: Arc<str> },
     /// An authenticated business back-end; may push.
     Inner,
+}
+
+/// The last place in its uid's history a resuming client received.
+#[derive(Debug)]
+pub struct Resume {
+    pub epoch: String,
+    pub offset: u64,
 }
 
 /// How a connection's messages are framed on the wire.
@@ -74,12 +86,24 @@ impl Form {
     /// Appends `{seq, uri, body}` framed for this form: a length header, or a WebSocket text
     /// (JSON) or binary (protobuf) frame.
     pub fn write(self, out: &mut Vec<u8>, order: ByteOrder, seq: i64, uri: &str, body: &str) {
+        self.write_at(out, order, seq, uri, body, &Position::default());
+    }
+
+    /// [`write`](Self::write) with the message's place in its uid's history.
+    pub fn write_at(
+        self,
+        out: &mut Vec<u8>,
+        order: ByteOrder,
+        seq: i64,
+        uri: &str,
+        body: &str,
+        at: &Position,
+    ) {
         let codec = self.codec;
+        let payload = |out: &mut Vec<u8>| codec.write_payload_at(out, seq, uri, body, at);
         match self.framing {
-            Framing::Length => codec.write_frame(out, order, seq, uri, body),
-            Framing::WebSocket => ws::encode_with(out, ws_opcode(codec), |out| {
-                codec.write_payload(out, seq, uri, body)
-            }),
+            Framing::Length => frame::encode_with(out, order, payload),
+            Framing::WebSocket => ws::encode_with(out, ws_opcode(codec), payload),
         }
     }
 
@@ -126,6 +150,7 @@ impl ClientConn {
             state: State::Unauthenticated {
                 failures: 0,
                 pending: false,
+                resume: None,
             },
             ws: None,
             codec: None,

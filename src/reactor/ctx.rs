@@ -14,6 +14,7 @@ use super::registry::Registry;
 use super::timer::{TimerId, TimerWheel};
 use crate::auth::{AuthRequest, AuthVerdict};
 use crate::config::Config;
+use crate::history::Memory;
 use crate::protocol::{ByteOrder, CodecChoice, Message, SeqClock};
 use crate::stats::Counters;
 
@@ -257,6 +258,8 @@ pub(crate) struct Ctx {
     pub shutdown_deadline: Option<u64>,
     /// Cluster mode: the other nodes, through the broker threads.
     pub cluster: Option<Cluster>,
+    /// Offline history in memory (`HistorySize` > 0 on a single node).
+    pub history: Option<Memory>,
 }
 
 impl Ctx {
@@ -272,6 +275,10 @@ impl Ctx {
             auth,
             shutdown_deadline: None,
             cluster: None,
+            history: (config.history_size > 0).then(|| {
+                let ttl = u64::from(secs_to_ticks(config.history_ttl));
+                Memory::new(config.history_size, ttl, config.history_memory)
+            }),
         }
     }
 

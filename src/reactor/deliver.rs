@@ -2,6 +2,8 @@
 //! push path (inner TCP, HTTP, the handle) ends here. The frame is encoded once and queued to
 //! each target; a target that cannot take it is doomed as a slow consumer, never freed here.
 
+use std::borrow::Cow;
+
 use log::{debug, warn};
 
 use super::conn::{ClientConn, Form, Framing};
@@ -11,7 +13,7 @@ use super::session;
 use crate::CloseReason;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::message::{PushRequest, RawStr};
-use crate::protocol::{ByteOrder, Codec, uri, ws};
+use crate::protocol::{ByteOrder, Codec, Position, uri, ws};
 
 /// Buffers a push reuses from one to the next, so that a push allocates nothing.
 #[derive(Default)]
@@ -37,6 +39,8 @@ struct Push<'a> {
     seq: i64,
     uri: &'a str,
     body: &'a str,
+    /// Its place in the uid's history, when history is on.
+    at: &'a Position<'a>,
 }
 
 impl Frames {
@@ -47,7 +51,7 @@ impl Frames {
             codec: form.codec,
         };
         self.make(length.index(), |out| {
-            (form.codec).write_frame(out, order, push.seq, push.uri, push.body)
+            length.write_at(out, order, push.seq, push.uri, push.body, push.at)
         });
         if form != length {
             let (head, tail) = self.framed.split_at_mut(form.index());
@@ -69,6 +73,9 @@ impl Frames {
         }
     }
 }
+
+/// The most bytes a place in the history adds to a frame: `,"offset":<u64>,"epoch":"<epoch>"`.
+const POSITION_MAX: usize = 64;
 
 /// A push that no connection could ever take.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,14 +110,30 @@ pub fn push<S: AsRef<str>>(
         limits,
         registry,
         counters,
+        history,
         ..
     } = ctx;
     let mut delivered = 0;
     for uid in uids {
-        let keys = registry.keys(uid.as_ref());
+        let uid = uid.as_ref();
+        let keys = registry.keys(uid);
         if keys.is_empty() {
             counters.dropped += 1;
         }
+        // With history each uid's push has its own place in it, and so its own frames.
+        let at = history.as_mut().map(|history| {
+            let (epoch, offset) = history.append(uid, push.seq, uri, body, core.clock.tick);
+            frames.ready = 0;
+            (epoch, offset)
+        });
+        let position = at.as_ref().map(|(epoch, offset)| Position {
+            offset: *offset,
+            epoch: Cow::Borrowed(&**epoch),
+        });
+        let push = Push {
+            at: position.as_ref().unwrap_or(push.at),
+            ..push
+        };
         delivered += clients.queue_to(Some(keys), |r, conn| {
             queue_push(core, limits, r, conn, frames, push)
         });
@@ -215,18 +238,26 @@ fn start<'a>(
     uri: &'a str,
     body: &'a str,
 ) -> Result<Push<'a>, TooLarge> {
+    const NOWHERE: &Position = &Position {
+        offset: 0,
+        epoch: Cow::Borrowed(""),
+    };
     let push = Push {
         seq: ctx.next_seq(),
         uri,
         body,
+        at: NOWHERE,
     };
     frames.ready = 0;
-    // The JSON form is the longest, and a WebSocket header at most 10 bytes longer.
+    // The JSON form is the longest, a WebSocket header at most 10 bytes longer, and a place
+    // in the history at most `POSITION_MAX`.
     let json = Form {
         framing: Framing::Length,
         codec: Codec::Json,
     };
-    let len = frames.get(push, json, ctx.limits.order).len() - HEADER_LEN + ws::MAX_HEADER_LEN;
+    let len = frames.get(push, json, ctx.limits.order).len() - HEADER_LEN
+        + ws::MAX_HEADER_LEN
+        + ctx.history.as_ref().map_or(0, |_| POSITION_MAX);
     if len > ctx.limits.max_pending {
         return Err(TooLarge {
             len,

@@ -273,7 +273,7 @@ enum Access {
 }
 
 /// Every route: path, method, who may call it, handler.
-const ROUTES: [(&str, &str, Access, Handler); 10] = [
+const ROUTES: [(&str, &str, Access, Handler); 11] = [
     ("/plex/v1/host", "GET", Access::Public, host),
     ("/healthz", "GET", Access::Public, healthz),
     ("/readyz", "GET", Access::Public, readyz),
@@ -282,6 +282,7 @@ const ROUTES: [(&str, &str, Access, Handler); 10] = [
     ("/plex/v1/online", "GET", Access::Inner, online),
     ("/plex/v1/kick", "POST", Access::Inner, kick),
     ("/plex/v1/nodes", "GET", Access::Inner, nodes),
+    ("/plex/v1/history", "GET", Access::Inner, history),
     ("/plex/v1/stats", "GET", Access::Inner, stats),
     ("/metrics", "GET", Access::Metrics, metrics),
 ];
@@ -716,6 +717,42 @@ fn kick(api: &mut Api, request: &Request) -> Outcome {
         Some(cluster) => asked(cluster.kick(&uid, Some(waiting))),
         None => Response::json(200, json!({ "closed": local })).into(),
     }
+}
+
+/// A uid's retained pushes after `since`, its epoch and offset, and what its devices
+/// acknowledged: a back-end can tell whether a push was received.
+fn history(api: &mut Api, request: &Request) -> Outcome {
+    let (mut uid, mut since) = (None, 0);
+    for pair in request.head.query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (percent_decode(name).as_deref(), percent_decode(value)) {
+            (Some("uid"), Some(value)) if !value.is_empty() => uid = Some(value),
+            (Some("since"), Some(value)) => match value.parse() {
+                Ok(n) => since = n,
+                Err(_) => return Response::error(400, "since must be an offset").into(),
+            },
+            (Some(_), Some(_)) => {}
+            _ => return Response::error(400, "malformed query string").into(),
+        }
+    }
+    let Some(uid) = uid else {
+        return Response::error(400, "give a uid parameter").into();
+    };
+    let Some(history) = &api.ctx.history else {
+        return Response::error(400, "history is off (HistorySize is 0)").into();
+    };
+    let log = history.log(&uid, since);
+    let pushes: Vec<_> = (log.pushes.iter())
+        .map(|p| json!({"offset": p.offset, "seq": p.seq, "uri": p.uri, "body": p.body}))
+        .collect();
+    let body = json!({
+        "uid": uid,
+        "epoch": log.epoch,
+        "offset": log.offset,
+        "acked": log.acked,
+        "pushes": pushes,
+    });
+    Response::json(200, body).into()
 }
 
 /// The live nodes of the cluster; a single node lists itself.

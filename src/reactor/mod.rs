@@ -234,6 +234,9 @@ impl Reactor {
         self.resume_unread();
         self.retry_accepts();
         self.expire_timers();
+        if let Some(history) = &mut self.ctx.history {
+            history.expire(self.ctx.core.clock.tick);
+        }
         if let Some(cluster) = &mut self.ctx.cluster {
             let gauges = &self.ctx.gauges;
             cluster.report_load(self.ctx.core.clock.tick, gauges.clients, gauges.users);
@@ -1061,6 +1064,10 @@ fn stats(ctx: &Ctx, clients: &Table<ClientConn>) -> Stats {
             http_connections: ctx.gauges.http,
             transports: ctx.gauges.transports,
             cluster_up: ctx.cluster.as_ref().map(|c| c.up),
+            history: ctx
+                .history
+                .as_ref()
+                .map(|h| (h.bytes() as u64, h.evicted, h.expired)),
             buffered_bytes: buffered,
         },
         ctx.core.clock.uptime().as_secs(),

@@ -6,18 +6,21 @@
 
 use log::{debug, info, trace, warn};
 
-use super::conn::{ClientConn, State};
+use super::conn::{ClientConn, Resume, State};
 use super::conns::{ConnRef, Table};
 use super::ctx::{Auth, AuthJob, Core, Ctx, Limits, deadline};
 use crate::CloseReason;
 use crate::auth::{AuthRequest, AuthTicket, AuthVerdict};
-use crate::protocol::message::{RawMessage, RawStr};
+use crate::history::{Recovery, Retained};
+use crate::protocol::message::{Position, RawMessage, RawStr};
 use crate::protocol::{Codec, CodecChoice, CodecError, proto, uri, ws};
 
 /// Output an unauthenticated connection may leave unread: a few answers, not `MaxPendingBytes`.
 pub const UNAUTHENTICATED_OUTPUT: usize = 4 * 1024;
 /// Upper bound of an encoded reply frame (`{"seq":<i64>,"uri":"/auth/success"}` and header).
 const REPLY_MAX: usize = 64;
+/// Upper bound of a replayed push's frame beside its strings (escaping may double those).
+const REPLAY_OVERHEAD: usize = 96;
 
 /// What the reactor does after a frame.
 #[derive(Debug)]
@@ -122,7 +125,18 @@ fn on_unauthenticated<'a>(
             );
             Step::Continue
         }
-        uri::AUTH => authenticate(ctx, conn, r, &message.body.to_cow()),
+        uri::AUTH => {
+            if let State::Unauthenticated { resume, .. } = &mut conn.state {
+                let at = &message.position;
+                *resume = (!at.is_none()).then(|| {
+                    Box::new(Resume {
+                        epoch: at.epoch.to_string(),
+                        offset: at.offset,
+                    })
+                });
+            }
+            authenticate(ctx, conn, r, &message.body.to_cow())
+        }
         uri::INNER_AUTH => {
             if constant_time_eq(
                 message.body.to_cow().as_bytes(),
@@ -214,14 +228,86 @@ fn become_user<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef, uid: &str) 
     if let Some(cluster) = &mut ctx.cluster {
         cluster.presence(&uid, ctx.registry.keys(&uid).len());
     }
-    conn.state = State::User { uid: uid.clone() };
+    let state = std::mem::replace(&mut conn.state, State::User { uid: uid.clone() });
     ctx.gauges.users += 1;
     debug!("{}: authenticated as uid {uid:?}", name(r));
     authenticated(ctx, conn, r);
     if online && let Some(hook) = &mut ctx.hooks.on_online {
         hook(&uid);
     }
-    reply(ctx, conn, r, uri::AUTH_SUCCESS)
+    match state {
+        State::Unauthenticated {
+            resume: Some(resume),
+            ..
+        } => resume_history(ctx, conn, r, &uid, &resume),
+        _ => reply(ctx, conn, r, uri::AUTH_SUCCESS, ""),
+    }
+}
+
+/// A client that gave its last place: `/auth/success` says whether it missed anything, then
+/// every retained push after that place follows, in order, before any live push.
+fn resume_history<'a>(
+    ctx: &mut Ctx,
+    conn: &mut ClientConn,
+    r: ConnRef,
+    uid: &str,
+    resume: &Resume,
+) -> Step<'a> {
+    let recovery = match &ctx.history {
+        Some(history) => history.recover(uid, &resume.epoch, resume.offset),
+        None => Recovery {
+            recovered: false,
+            epoch: String::new(),
+            offset: 0,
+            pushes: Vec::new(),
+        },
+    };
+    // A replay larger than the connection may hold keeps its newest pushes, and says that
+    // the client missed the others.
+    let (mut recovered, mut pushes) = (recovery.recovered, recovery.pushes.as_slice());
+    let room = ctx
+        .limits
+        .max_pending
+        .saturating_sub(conn.link.pending() + 2 * REPLY_MAX);
+    let cost =
+        |p: &Retained| REPLAY_OVERHEAD + recovery.epoch.len() + 2 * (p.uri.len() + p.body.len());
+    let mut total: usize = pushes.iter().map(cost).sum();
+    while total > room && !pushes.is_empty() {
+        total -= cost(&pushes[0]);
+        pushes = &pushes[1..];
+        recovered = false;
+    }
+    debug!(
+        "{}: resumes uid {uid:?} at {}:{}, recovered {recovered}, {} to replay",
+        name(r),
+        resume.epoch,
+        resume.offset,
+        pushes.len()
+    );
+    let body = serde_json::json!({
+        "recovered": recovered,
+        "epoch": recovery.epoch,
+        "offset": recovery.offset,
+    })
+    .to_string();
+    let step = reply(ctx, conn, r, uri::AUTH_SUCCESS, &body);
+    if !matches!(step, Step::Continue) {
+        return step;
+    }
+    let order = ctx.limits.order;
+    let form = conn.form(ctx.limits.codec.before_first_message());
+    for push in pushes {
+        let at = Position {
+            offset: push.offset,
+            epoch: recovery.epoch.as_str().into(),
+        };
+        let write =
+            |out: &mut Vec<u8>| form.write_at(out, order, push.seq, &push.uri, &push.body, &at);
+        if let Err(reason) = queue(&mut ctx.core, &ctx.limits, conn, r, cost(push), write) {
+            return Step::Close(reason);
+        }
+    }
+    Step::Continue
 }
 
 fn become_inner<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef) -> Step<'a> {
@@ -229,7 +315,7 @@ fn become_inner<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef) -> Step<'a
     ctx.gauges.inner += 1;
     info!("{}: inner connection authenticated", name(r));
     authenticated(ctx, conn, r);
-    reply(ctx, conn, r, uri::AUTH_SUCCESS)
+    reply(ctx, conn, r, uri::AUTH_SUCCESS, "")
 }
 
 /// The heartbeat timeout runs from authentication, as in the original; it may be shorter
@@ -252,7 +338,7 @@ fn auth_failed<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef, why: &str) 
         "{}: authentication failed ({why}), {failures} so far",
         name(r)
     );
-    match reply(ctx, conn, r, uri::AUTH_FAILED) {
+    match reply(ctx, conn, r, uri::AUTH_FAILED, "") {
         Step::Continue if failures >= ctx.limits.max_auth_failures => {
             warn!("{}: {failures} failed authentications; closing", name(r));
             Step::Linger(CloseReason::AuthFailures)
@@ -268,13 +354,23 @@ fn on_user<'a>(
     message: RawMessage<'a>,
 ) -> Step<'a> {
     match &*message.uri {
-        uri::HEARTBEAT => reply(ctx, conn, r, uri::HEARTBEAT),
+        uri::HEARTBEAT => reply(ctx, conn, r, uri::HEARTBEAT, ""),
         // Already authenticated: ignored without a reply, as in the original.
         uri::AUTH | uri::INNER_AUTH => Step::Continue,
         uri::SEND_MSG => {
             // The original let any end user push to any uid; only inner connections may.
             ctx.counters.refused += 1;
             warn!("{}: push refused: user connections may not push", name(r));
+            Step::Continue
+        }
+        uri::ACK => {
+            // Its device has every push of its uid up to this offset.
+            let offset = message.body.to_cow().trim().parse::<u64>();
+            match (offset, &mut ctx.history, &conn.state) {
+                (Ok(offset), Some(history), State::User { uid }) => history.ack(uid, offset),
+                (Err(_), ..) => debug!("{}: /ack without an offset; ignored", name(r)),
+                _ => {}
+            }
             Step::Continue
         }
         _ => {
@@ -294,7 +390,7 @@ fn on_inner<'a>(
     message: RawMessage<'a>,
 ) -> Step<'a> {
     match &*message.uri {
-        uri::HEARTBEAT => reply(ctx, conn, r, uri::HEARTBEAT),
+        uri::HEARTBEAT => reply(ctx, conn, r, uri::HEARTBEAT, ""),
         uri::SEND_MSG => Step::Push(message.body),
         other => {
             trace!("{}: inner connection sent {other:?}; ignored", name(r));
@@ -303,13 +399,16 @@ fn on_inner<'a>(
     }
 }
 
-/// Queues a frame `{seq, uri}` to the connection, in its form.
-fn reply<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef, uri: &str) -> Step<'a> {
+/// Queues a frame `{seq, uri, body}` to the connection, in its form.
+fn reply<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef, uri: &str, body: &str) -> Step<'a> {
     let seq = ctx.next_seq();
     let order = ctx.limits.order;
     let form = conn.form(ctx.limits.codec.before_first_message());
-    let queued = queue(&mut ctx.core, &ctx.limits, conn, r, REPLY_MAX, |out| {
-        form.write(out, order, seq, uri, "")
+    // Escaping at most doubles the body (Go's \u escapes of <, >, & take six bytes each, but
+    // a reply's body is ours: numbers and field names).
+    let len = REPLY_MAX + 2 * body.len();
+    let queued = queue(&mut ctx.core, &ctx.limits, conn, r, len, |out| {
+        form.write(out, order, seq, uri, body)
     });
     match queued {
         Ok(()) => Step::Continue,

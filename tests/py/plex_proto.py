@@ -21,7 +21,11 @@ except ImportError as e:
     sys.exit(f"plex_proto.py needs the Python package `protobuf`: pip install protobuf ({e})")
 
 FieldProto = descriptor_pb2.FieldDescriptorProto
-SCALARS = {"int64": FieldProto.TYPE_INT64, "string": FieldProto.TYPE_STRING}
+SCALARS = {
+    "int64": FieldProto.TYPE_INT64,
+    "uint64": FieldProto.TYPE_UINT64,
+    "string": FieldProto.TYPE_STRING,
+}
 FIELD = re.compile(r"(\w+)\s+(\w+)\s*=\s*(\d+)\s*;")
 
 
