@@ -4,6 +4,7 @@
 
 pub mod chunks;
 pub mod redis;
+pub mod transport;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
