@@ -430,8 +430,12 @@ impl Reactor {
             .accept_paused_until
             .is_some_and(|t| t <= self.ctx.core.clock.tick)
         {
-            // Both listeners are retried; the pause ends when neither runs short.
-            let saturated = self.accept(Side::Plex) | self.accept(Side::Http);
+            // Every listener is retried (connections wait in each backlog, and no new
+            // readiness comes for them); the pause ends when none runs short.
+            let mut saturated = false;
+            for side in Side::ALL {
+                saturated |= self.accept(side);
+            }
             if !saturated {
                 self.accept_paused_until = None;
                 info!("accepting again");
