@@ -299,6 +299,7 @@ impl Reactor {
     /// Reads a client connection until its socket is drained or its budget is spent, and
     /// processes what arrived.
     fn read_client(&mut self, r: ConnRef) {
+        let tls_handshaking = self.clients.get(r).is_some_and(|c| c.link.is_handshaking());
         let mut budget = READ_BUDGET;
         while let Some(n) = self.clients.read(r, &mut self.scratch) {
             // A closing connection's input is discarded: it only waits for EOF.
@@ -316,8 +317,17 @@ impl Reactor {
             }
             budget -= n;
         }
+        let Some(conn) = self.clients.get(r) else {
+            return;
+        };
+        if tls_handshaking && !conn.link.is_handshaking() {
+            // The TLS handshake is over: the timer was set for its timeout, and the auth
+            // timeout (or the WebSocket upgrade's) may be due sooner.
+            let (due, _) = session::timeout_of(&self.ctx, conn);
+            self.ctx.core.arm(&mut conn.link, r, due);
+        }
         // TLS may have handshake records or an alert to send.
-        if self.clients.get(r).is_some_and(|c| c.link.wants_write()) {
+        if conn.link.wants_write() {
             self.clients.mark_dirty(r.key());
         }
     }
