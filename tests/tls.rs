@@ -16,8 +16,7 @@ use common::transport::*;
 use common::*;
 use plex::protocol::{ByteOrder, uri};
 use plex::{Config, Server};
-use rustls::pki_types::ServerName;
-use rustls::{ClientConnection, ProtocolVersion};
+use rustls::{ProtocolVersion, StreamOwned};
 
 /// Reads a raw socket until the server closes it (EOF or reset) and returns what came; fails
 /// if it stays open for `WAIT`.
@@ -36,8 +35,7 @@ const CLOSE_NOTIFY: [u8; 7] = [21, 3, 3, 0, 2, 1, 0];
 
 /// The first flight of a real TLS client: a ClientHello.
 fn client_hello() -> Vec<u8> {
-    let name = ServerName::try_from("127.0.0.1").unwrap();
-    let mut session = ClientConnection::new(client_config(BOTH_VERSIONS), name).unwrap();
+    let mut session = tls_session(BOTH_VERSIONS);
     let mut hello = Vec::new();
     session.write_tls(&mut hello).unwrap();
     hello
@@ -173,6 +171,33 @@ fn tls_1_2_and_1_3_both_work() {
         server.handle.push(&uid, "/v", &uid).unwrap();
         assert_eq!(c.expect("/v").body, uid);
     }
+}
+
+#[test]
+fn a_first_message_in_the_same_write_as_the_clients_finished_is_read() {
+    let (server, at) = start_transports(secure(config()));
+    let mut socket = tcp(at.tls());
+    let mut session = tls_session(&[&rustls::version::TLS13]);
+    // A TLS 1.3 client may send application data right behind its Finished.
+    while session.is_handshaking() {
+        while session.wants_write() {
+            session.write_tls(&mut socket).unwrap();
+        }
+        session.read_tls(&mut socket).unwrap();
+        session.process_new_packets().unwrap();
+    }
+    let mut auth = Vec::new();
+    plex::protocol::Codec::Json.write_frame(&mut auth, ByteOrder::Big, 0, uri::AUTH, "early");
+    session.writer().write_all(&auth).unwrap();
+    let mut flight = Vec::new();
+    while session.wants_write() {
+        session.write_tls(&mut flight).unwrap();
+    }
+    socket.write_all(&flight).unwrap();
+    let mut c = TlsClient::from(StreamOwned::new(session, socket));
+    c.expect(uri::AUTH_SUCCESS);
+    server.wait_online("early", 1);
+    c.assert_alive();
 }
 
 /// A body of `len` printable bytes that differs from one push to the next.
@@ -477,4 +502,81 @@ fn a_bad_pem_file_is_a_startup_error_naming_the_key() {
         stderr.starts_with(&format!("plex-server: cannot start: TlsCert {missing}: ")),
         "{stderr}"
     );
+}
+
+/// Descriptor limit of the child in the test below; the server holds a dozen itself.
+const CHILD_NOFILE: u32 = 40;
+
+/// Drives a TLS handshake on `stream` until it completes (`true`) or `give_up` says to stop
+/// (`false`); the socket's reads are made short meanwhile.
+fn handshake_until(stream: &mut TlsStream, mut give_up: impl FnMut() -> bool) -> bool {
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(10)))
+        .unwrap();
+    let done = wait_until(WAIT, || {
+        match stream.conn.complete_io(&mut stream.sock) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => {}
+            Err(e) => panic!("TLS handshake: {e}"),
+        }
+        !stream.conn.is_handshaking() || give_up()
+    });
+    stream.sock.set_read_timeout(Some(WAIT)).unwrap();
+    done && !stream.conn.is_handshaking()
+}
+
+#[test]
+fn tls_clients_that_waited_while_descriptors_ran_out_are_served_once_they_are_free() {
+    let cert = cert();
+    let args = [
+        "--tls-port",
+        "0",
+        "--tls-cert",
+        &cert.cert,
+        "--tls-key",
+        &cert.key,
+    ];
+    let mut server = ChildServer::spawn(&args, "info", Some(CHILD_NOFILE));
+    let line = server
+        .logged_line("listening for clients over TLS on ")
+        .unwrap();
+    let tls_addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    const SATURATED: &str = "pausing accepts";
+
+    // TLS clients one by one until the server reports that accept failed.
+    let mut served = Vec::new();
+    let mut waiting = Vec::new();
+    while !server.logged(SATURATED) {
+        assert!(
+            served.len() < 2 * CHILD_NOFILE as usize,
+            "never ran out of descriptors"
+        );
+        let mut stream = StreamOwned::new(tls_session(BOTH_VERSIONS), tcp(tls_addr));
+        if handshake_until(&mut stream, || server.logged(SATURATED)) {
+            served.push(TlsClient::from(stream));
+        } else {
+            waiting.push(stream);
+        }
+    }
+    // More wait in the backlog.
+    for _ in 0..3 {
+        waiting.push(StreamOwned::new(tls_session(BOTH_VERSIONS), tcp(tls_addr)));
+    }
+    server.assert_running();
+
+    // Freeing descriptors lets it accept again: every client in the backlog is served, with
+    // no newcomer needed to wake the listener.
+    served.truncate(served.len() - 8);
+    for (n, mut stream) in waiting.into_iter().enumerate() {
+        assert!(
+            handshake_until(&mut stream, || false),
+            "waiting client {n} never served"
+        );
+        let mut c = TlsClient::from(stream);
+        c.send(uri::AUTH, &format!("waited{n}"));
+        c.expect(uri::AUTH_SUCCESS);
+        served.push(c);
+    }
+    server.assert_running();
 }

@@ -142,12 +142,15 @@ pub fn tcp(addr: SocketAddr) -> TcpStream {
     socket
 }
 
-/// Connects to `addr` over TLS offering `versions` (as `127.0.0.1`, which the certificate
-/// names) and completes the handshake.
-pub fn tls_connect(addr: SocketAddr, versions: &[&'static SupportedProtocolVersion]) -> TlsStream {
+/// A client session offering `versions`, for `127.0.0.1` (which the certificate names).
+pub fn tls_session(versions: &[&'static SupportedProtocolVersion]) -> ClientConnection {
     let name = ServerName::try_from("127.0.0.1").unwrap();
-    let session = ClientConnection::new(client_config(versions), name).expect("TLS session");
-    let mut stream = StreamOwned::new(session, tcp(addr));
+    ClientConnection::new(client_config(versions), name).expect("TLS session")
+}
+
+/// Connects to `addr` over TLS offering `versions` and completes the handshake.
+pub fn tls_connect(addr: SocketAddr, versions: &[&'static SupportedProtocolVersion]) -> TlsStream {
+    let mut stream = StreamOwned::new(tls_session(versions), tcp(addr));
     while stream.conn.is_handshaking() {
         stream
             .conn
@@ -170,10 +173,7 @@ impl TlsClient {
     }
 
     pub fn with_versions(addr: SocketAddr, versions: &[&'static SupportedProtocolVersion]) -> Self {
-        TlsClient {
-            stream: tls_connect(addr, versions),
-            input: Vec::new(),
-        }
+        TlsClient::from(tls_connect(addr, versions))
     }
 
     /// A connection authenticated as `uid`.
@@ -243,6 +243,15 @@ impl TlsClient {
                 Ok(None) => return (messages, Ok(())),
                 Err(e) => return (messages, Err(e)),
             }
+        }
+    }
+}
+
+impl From<TlsStream> for TlsClient {
+    fn from(stream: TlsStream) -> Self {
+        TlsClient {
+            stream,
+            input: Vec::new(),
         }
     }
 }
