@@ -838,11 +838,13 @@ impl Reactor {
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             let r = self.clients.ref_of(key);
-            let link = &mut self.clients[key].link;
-            if link.pending() == 0 {
+            let conn = &mut self.clients[key];
+            if conn.link.pending() == 0 {
                 self.clients.doom(key, CloseReason::Shutdown);
             } else {
-                ctx.core.linger(link, r, CloseReason::Shutdown, ticks);
+                clients::queue_close_frame(conn, CloseReason::Shutdown, &mut ctx.core.pool);
+                ctx.core
+                    .linger(&mut conn.link, r, CloseReason::Shutdown, ticks);
                 self.clients.mark_dirty(key);
             }
         }
