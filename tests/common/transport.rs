@@ -7,7 +7,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use plex::Config;
 use plex::protocol::{ByteOrder, Codec, Decoder, Message, uri, ws};
@@ -19,7 +21,7 @@ use rustls::{
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{ClientRequestBuilder, WebSocket};
 
-use super::{TestServer, WAIT, bind};
+use super::{TestServer, WAIT, bind, wait_until};
 
 /// The test certificate's PEM files: `CN=localhost`, valid for `127.0.0.1` and `localhost`.
 pub struct Cert {
@@ -374,12 +376,19 @@ fn close_parts(frame: CloseFrame) -> (u16, String) {
     (u16::from(frame.code), frame.reason.as_str().to_owned())
 }
 
+/// The next message; panics on anything else.
+pub fn ws_recv(ws: &mut WsClient) -> Message {
+    match ws_read(ws) {
+        Ok(Received::Message(m)) => m,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
 /// The next message, which must have `uri`.
 pub fn ws_expect(ws: &mut WsClient, uri: &str) -> Message {
-    match ws_read(ws).expect("a message over WebSocket") {
-        Received::Message(m) if m.uri == uri => m,
-        other => panic!("expected {uri}, got {other:?}"),
-    }
+    let m = ws_recv(ws);
+    assert_eq!(m.uri, uri, "unexpected message {m:?}");
+    m
 }
 
 /// A heartbeat round trip.
@@ -388,15 +397,22 @@ pub fn ws_assert_alive(ws: &mut WsClient) {
     ws_expect(ws, uri::HEARTBEAT);
 }
 
-/// Reads until the server's close frame; returns its code and reason, and the messages
-/// before it.
-pub fn ws_close_frame(ws: &mut WsClient) -> (u16, String, Vec<Message>) {
+/// Reads until the server's close frame, which must carry `code` and `reason`; returns the
+/// messages before it.
+pub fn ws_expect_close(ws: &mut WsClient, code: u16, reason: &str) -> Vec<Message> {
     let mut before = Vec::new();
     loop {
         match ws_read(ws) {
             Ok(Received::Message(m)) => before.push(m),
-            Ok(Received::Close(Some((code, reason)))) => return (code, reason, before),
-            other => panic!("expected a close frame, got {other:?} after {before:?}"),
+            Ok(Received::Close(Some((got_code, got_reason)))) => {
+                assert_eq!(
+                    (got_code, got_reason.as_str()),
+                    (code, reason),
+                    "{before:?}"
+                );
+                return before;
+            }
+            other => panic!("expected close {code} {reason:?}, got {other:?} after {before:?}"),
         }
     }
 }
@@ -414,4 +430,73 @@ pub fn ws_send_raw(ws: &mut WsClient, fin: bool, opcode: ws::Opcode, payload: &[
     let stream = ws.get_mut();
     stream.write_all(&frame).expect("write a raw frame");
     stream.flush().unwrap();
+}
+
+// ---- Scenarios every transport goes through.
+
+/// Checks that a close seen now, `since` the start of a `timeout`, did not come early (less
+/// one 100 ms tick of the timer wheel). How late it may come on a busy machine is not the
+/// suite's business: the close must come within `WAIT`.
+pub fn assert_not_early(since: Instant, timeout: Duration) {
+    let elapsed = since.elapsed();
+    assert!(
+        elapsed + Duration::from_millis(100) >= timeout,
+        "closed after {elapsed:?}, before the {timeout:?} timeout"
+    );
+}
+
+/// The number at the start of a push of [`push_until_slow_consumer`].
+fn number(m: &Message) -> usize {
+    m.body[..6].parse().expect("a numbered push")
+}
+
+/// Pushes the same numbered 4 KiB bodies to uid `slow`, which never reads, and to uid
+/// `steady`, read on a thread with `next`, in batches until the server closes a slow
+/// consumer; then checks that `steady` got every push in order. Returns how many were sent.
+/// The reader catches up after each batch, so that its own queue stays far below the cap;
+/// kernel (and TLS) buffers absorb some pushes before the server's queue for `slow` fills.
+pub fn push_until_slow_consumer(
+    server: &TestServer,
+    mut next: impl FnMut() -> Message + Send + 'static,
+) -> usize {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut numbers = Vec::new();
+        loop {
+            let m = next();
+            if m.uri == "/end" {
+                return numbers;
+            }
+            numbers.push(number(&m));
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let pad = "x".repeat(4096);
+    let mut sent = 0;
+    while server.closed("slow_consumer") == 0 {
+        assert!(
+            sent < 20_000,
+            "the client that never reads was never closed"
+        );
+        for _ in 0..8 {
+            let body = format!("{sent:06}{pad}");
+            server.handle.push("slow", "/n", &body).unwrap();
+            server.handle.push("steady", "/n", &body).unwrap();
+            sent += 1;
+        }
+        let caught_up = wait_until(WAIT, || seen.load(Ordering::SeqCst) == sent);
+        assert!(caught_up, "the reader fell behind: {seen:?} of {sent}");
+    }
+    assert_eq!(server.online("slow"), 0);
+    server.handle.push("steady", "/end", "").unwrap();
+    assert_eq!(reader.join().unwrap(), (0..sent).collect::<Vec<_>>());
+    sent
+}
+
+/// What a slow consumer read once closed: an in-order prefix of the `sent` pushes.
+pub fn assert_in_order_prefix(got: &[Message], sent: usize) {
+    let numbers: Vec<usize> = got.iter().map(number).collect();
+    assert!(numbers.len() < sent, "it cannot have received everything");
+    assert_eq!(numbers, (0..numbers.len()).collect::<Vec<_>>());
 }
