@@ -222,7 +222,16 @@ impl Clients<'_> {
     fn close_websocket(&mut self, key: usize, code: CloseCode, why: &str, reason: CloseReason) {
         let out = self.table[key].link.output(&mut self.ctx.core.pool);
         ws::encode_close(out, code, why);
-        self.apply(key, Step::Linger(reason));
+        self.linger(key, reason);
+    }
+
+    /// Flushes what is queued, then closes.
+    fn linger(&mut self, key: usize, reason: CloseReason) {
+        let r = self.table.ref_of(key);
+        let link = &mut self.table[key].link;
+        let ticks = self.ctx.linger_ticks(link);
+        self.ctx.core.linger(link, r, reason, ticks);
+        self.table.mark_dirty(key);
     }
 
     fn ws(&mut self, key: usize) -> &mut Ws {
@@ -235,11 +244,8 @@ impl Clients<'_> {
             Step::Continue => {}
             Step::Close(reason) => self.table.doom(key, reason),
             Step::Linger(reason) => {
-                let r = self.table.ref_of(key);
-                let link = &mut self.table[key].link;
-                let ticks = self.ctx.linger_ticks(link);
-                self.ctx.core.linger(link, r, reason, ticks);
-                self.table.mark_dirty(key);
+                queue_close_frame(&mut self.table[key], reason, &mut self.ctx.core.pool);
+                self.linger(key, reason);
             }
             Step::Push(raw) => {
                 let from = Table::<ClientConn>::name(self.table.ref_of(key));
@@ -249,11 +255,24 @@ impl Clients<'_> {
     }
 }
 
+/// Queues the close frame that tells a WebSocket client why the server closes it, if the
+/// reason is the server's to tell. A lingering close queues it when it starts: it then goes
+/// out after the output already queued, and before the half-close.
+pub fn queue_close_frame(conn: &mut ClientConn, reason: CloseReason, pool: &mut BufferPool) {
+    if conn.ws.as_ref().is_some_and(|ws| ws.open)
+        && let Some((code, why)) = close_code(reason)
+    {
+        ws::encode_close(conn.link.output(pool), code, why);
+    }
+}
+
 /// Last words to a connection about to be freed, written only if the socket takes them at
-/// once: a WebSocket close frame saying why, a TLS close_notify or pending alert.
+/// once: a WebSocket close frame saying why (unless it was queued when a lingering close
+/// started), a TLS close_notify or pending alert.
 pub fn goodbye(conn: &mut ClientConn, reason: CloseReason, pool: &mut BufferPool) {
     let mut words = Vec::new();
-    if conn.ws.as_ref().is_some_and(|ws| ws.open)
+    if conn.link.closing.is_none()
+        && conn.ws.as_ref().is_some_and(|ws| ws.open)
         && let Some((code, why)) = close_code(reason)
     {
         ws::encode_close(&mut words, code, why);

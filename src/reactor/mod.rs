@@ -326,6 +326,7 @@ impl Reactor {
     /// Reads a client connection until its socket is drained or its budget is spent, and
     /// processes what arrived.
     fn read_client(&mut self, r: ConnRef) {
+        let tls_handshaking = self.clients.get(r).is_some_and(|c| c.link.is_handshaking());
         let mut budget = READ_BUDGET;
         while let Some(n) = self.clients.read(r, &mut self.scratch) {
             // A closing connection's input is discarded: it only waits for EOF.
@@ -343,8 +344,17 @@ impl Reactor {
             }
             budget -= n;
         }
+        let Some(conn) = self.clients.get(r) else {
+            return;
+        };
+        if tls_handshaking && !conn.link.is_handshaking() {
+            // The TLS handshake is over: the timer was set for its timeout, and the auth
+            // timeout (or the WebSocket upgrade's) may be due sooner.
+            let (due, _) = session::timeout_of(&self.ctx, conn);
+            self.ctx.core.arm(&mut conn.link, r, due);
+        }
         // TLS may have handshake records or an alert to send.
-        if self.clients.get(r).is_some_and(|c| c.link.wants_write()) {
+        if conn.link.wants_write() {
             self.clients.mark_dirty(r.key());
         }
     }
@@ -458,8 +468,12 @@ impl Reactor {
             .accept_paused_until
             .is_some_and(|t| t <= self.ctx.core.clock.tick)
         {
-            // Both listeners are retried; the pause ends when neither runs short.
-            let saturated = self.accept(Side::Plex) | self.accept(Side::Http);
+            // Every listener is retried (connections wait in each backlog, and no new
+            // readiness comes for them); the pause ends when none runs short.
+            let mut saturated = false;
+            for side in Side::ALL {
+                saturated |= self.accept(side);
+            }
             if !saturated {
                 self.accept_paused_until = None;
                 info!("accepting again");
@@ -985,11 +999,13 @@ impl Reactor {
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             let r = self.clients.ref_of(key);
-            let link = &mut self.clients[key].link;
-            if link.pending() == 0 {
+            let conn = &mut self.clients[key];
+            if conn.link.pending() == 0 {
                 self.clients.doom(key, CloseReason::Shutdown);
             } else {
-                ctx.core.linger(link, r, CloseReason::Shutdown, ticks);
+                clients::queue_close_frame(conn, CloseReason::Shutdown, &mut ctx.core.pool);
+                ctx.core
+                    .linger(&mut conn.link, r, CloseReason::Shutdown, ticks);
                 self.clients.mark_dirty(key);
             }
         }

@@ -5,6 +5,7 @@
 pub mod chunks;
 pub mod hostile;
 pub mod redis;
+pub mod transport;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
