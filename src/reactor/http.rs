@@ -195,6 +195,8 @@ pub struct Response {
     allow: Option<&'static str>,
     /// The answer to a `HEAD`: headers only.
     head_only: bool,
+    /// `Access-Control-Allow-Origin: *`: a page on any origin may read it.
+    any_origin: bool,
 }
 
 impl Response {
@@ -205,6 +207,7 @@ impl Response {
             body: value.to_string().into_bytes(),
             allow: None,
             head_only: false,
+            any_origin: false,
         }
     }
 
@@ -419,6 +422,9 @@ fn write_response(ctx: &mut Ctx, link: &mut Link, r: &Response, close: bool) {
     if r.status == 401 {
         out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
     }
+    if r.any_origin {
+        out.extend_from_slice(b"Access-Control-Allow-Origin: *\r\n");
+    }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -477,7 +483,12 @@ struct KickBody<'a> {
 fn host(api: &mut Api, _: &Request) -> Response {
     let servers = &api.ctx.limits.outer_servers;
     let host = &servers[rand::rng().random_range(0..servers.len())];
-    Response::json(200, json!({ "host": host }))
+    // Browsers ask too, from pages on other origins (clients/js/plex.js): a plain GET needs
+    // no preflight, only this header, and the answer is public anyway.
+    Response {
+        any_origin: true,
+        ..Response::json(200, json!({ "host": host }))
+    }
 }
 
 /// Liveness: the process is up and its reactor turns.
@@ -590,6 +601,7 @@ fn metrics(api: &mut Api, _: &Request) -> Response {
             .into_bytes(),
         allow: None,
         head_only: false,
+        any_origin: false,
     }
 }
 
