@@ -25,7 +25,11 @@ const FILES: [(&str, &str, &str); 5] = [
     ("/", "text/html", include_str!("browser/index.html")),
     ("/app.js", "text/javascript", include_str!("browser/app.js")),
     ("/style.css", "text/css", include_str!("browser/style.css")),
-    ("/plex.js", "text/javascript", include_str!("../clients/js/plex.js")),
+    (
+        "/plex.js",
+        "text/javascript",
+        include_str!("../clients/js/plex.js"),
+    ),
     ("/favicon.ico", "image/x-icon", ""),
 ];
 

@@ -23,7 +23,9 @@ use serde_json::{Value, json};
 use tungstenite::WebSocket;
 
 use common::{Event, Events, WAIT};
-use plex::{Handle, Message};
+use plex::client::Connection;
+use plex::protocol::ByteOrder;
+use plex::{Config, Handle, Message};
 
 /// The demo on OS-chosen ports.
 const ANY_PORTS: demo::Ports = demo::Ports {
@@ -37,13 +39,15 @@ const ANY_PORTS: demo::Ports = demo::Ports {
 static ONE_BROWSER: Mutex<()> = Mutex::new(());
 
 fn one_browser() -> std::sync::MutexGuard<'static, ()> {
-    ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    ONE_BROWSER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[test]
 fn pushes_reach_the_page_over_ws_and_what_it_sends_reaches_the_server() {
     let _one = one_browser();
-    let server = DemoServer::start(ANY_PORTS, None);
+    let server = DemoServer::start(demo::config(ANY_PORTS, None));
     let mut chromium = Chromium::launch();
     let page = chromium.open(&server.page_url("7"));
     chromium.wait_text(&page, "state", "authenticated");
@@ -69,12 +73,14 @@ fn pushes_reach_the_page_over_ws_and_what_it_sends_reaches_the_server() {
          form.uri.value = '/chat'; form.body.value = 'hi from the page';
          form.querySelector('button').click();",
     );
-    server.events.wait_for("the page's upstream message", |events| {
-        events.iter().any(|event| {
-            matches!(event, Event::Upstream(uid, Message { uri, body, .. })
+    server
+        .events
+        .wait_for("the page's upstream message", |events| {
+            events.iter().any(|event| {
+                matches!(event, Event::Upstream(uid, Message { uri, body, .. })
                 if uid == "7" && uri == "/chat" && body == "hi from the page")
-        })
-    });
+            })
+        });
 
     // A kicked page says so and stays closed.
     assert_eq!(server.kick("7"), 1);
@@ -90,7 +96,7 @@ fn pushes_reach_the_page_over_wss() {
     let _one = one_browser();
     let certificate = Certificate::make();
     let tls = (certificate.cert(), certificate.key());
-    let server = DemoServer::start(ANY_PORTS, Some(tls));
+    let server = DemoServer::start(demo::config(ANY_PORTS, Some(tls)));
     let mut chromium = Chromium::launch();
     let page = chromium.open(&server.page_url("8"));
     chromium.wait_text(&page, "state", "authenticated");
@@ -106,7 +112,7 @@ fn pushes_reach_the_page_over_wss() {
 #[test]
 fn a_token_that_cannot_be_a_subprotocol_goes_in_auth_server_and_a_refused_one_is_not_retried() {
     let _one = one_browser();
-    let server = DemoServer::start(ANY_PORTS, None);
+    let server = DemoServer::start(demo::config(ANY_PORTS, None));
     let mut chromium = Chromium::launch();
     // `@` is not allowed in a subprotocol name: the token goes in /auth/server instead.
     let page = chromium.open(&server.page_url("ann@example.com"));
@@ -129,7 +135,7 @@ fn a_token_that_cannot_be_a_subprotocol_goes_in_auth_server_and_a_refused_one_is
 #[test]
 fn the_page_reconnects_to_a_restarted_server() {
     let _one = one_browser();
-    let first = DemoServer::start(ANY_PORTS, None);
+    let first = DemoServer::start(demo::config(ANY_PORTS, None));
     let mut chromium = Chromium::launch();
     let page = chromium.open(&first.page_url("7"));
     chromium.wait_text(&page, "state", "authenticated");
@@ -141,7 +147,7 @@ fn the_page_reconnects_to_a_restarted_server() {
     // The same ports again: the page looks the host up and connects by itself.
     let authenticated = |log: &str| log.matches(" authenticated").count();
     let before = authenticated(&log);
-    let second = DemoServer::start(ports, None);
+    let second = DemoServer::start(demo::config(ports, None));
     chromium.wait_until(&page, "a second authentication", "log", |log| {
         authenticated(log) > before
     });
@@ -149,6 +155,31 @@ fn the_page_reconnects_to_a_restarted_server() {
     assert_eq!(second.push("7", "/news", "back again"), 1);
     chromium.wait_text(&page, "messages", "/news back again");
     second.stop();
+}
+
+#[test]
+fn heartbeats_keep_the_page_connected() {
+    let _one = one_browser();
+    let config = Config {
+        heartbeat_timeout: 2,
+        ..demo::config(ANY_PORTS, None)
+    };
+    let server = DemoServer::start(config);
+    let mut chromium = Chromium::launch();
+    let page = chromium.open(&format!("{}&heartbeat=0.3", server.page_url("7")));
+    chromium.wait_text(&page, "state", "authenticated");
+    // A client that authenticates later and never heartbeats shows when the timeout has
+    // passed for the page too.
+    let addr = SocketAddr::from(([127, 0, 0, 1], server.ports.clients));
+    let mut silent = Connection::connect(addr, ByteOrder::Big).expect("connect");
+    assert!(silent.authenticate("silent", WAIT).expect("auth answer"));
+    common::assert_closed(&mut silent);
+    let stats = server.handle.stats().unwrap();
+    assert_eq!(stats.closed["heartbeat_timeout"], 1, "{stats:?}");
+    assert_eq!(server.online("7"), 1);
+    let log = chromium.text(&page, "log");
+    assert!(!log.contains("closed"), "{log}");
+    server.stop();
 }
 
 /// The demo's server and page server, running.
@@ -164,8 +195,8 @@ struct DemoServer {
 }
 
 impl DemoServer {
-    fn start(ports: demo::Ports, tls: Option<(String, String)>) -> DemoServer {
-        let (builder, events) = common::builder_with_events(demo::config(ports, tls));
+    fn start(config: Config) -> DemoServer {
+        let (builder, events) = common::builder_with_events(config);
         let server = builder.build().expect("server starts");
         let pages = TcpListener::bind("127.0.0.1:0").expect("page listener");
         let page = demo::page_url(pages.local_addr().unwrap(), &server);
@@ -198,7 +229,10 @@ impl DemoServer {
 
     /// `POST /plex/v1/push`; returns `delivered`.
     fn push(&self, uid: &str, uri: &str, body: &str) -> u64 {
-        let answer = self.post("/plex/v1/push", json!({"uid": uid, "uri": uri, "body": body}));
+        let answer = self.post(
+            "/plex/v1/push",
+            json!({"uid": uid, "uri": uri, "body": body}),
+        );
         answer["delivered"].as_u64().expect("delivered")
     }
 
@@ -250,8 +284,19 @@ impl Certificate {
         let dir = scratch_dir("cert");
         let status = Command::new("openssl")
             .args(["req", "-x509", "-newkey", "ec"])
-            .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"])
+            .args([
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
             .arg("-keyout")
             .arg(dir.join("key.pem"))
             .arg("-out")
@@ -310,7 +355,12 @@ impl Chromium {
     fn launch() -> Chromium {
         let profile = scratch_dir("profile");
         let mut child = Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+            ])
             .args(["--no-first-run", "--disable-background-networking"])
             .args(["--disable-component-update", "--disable-sync"])
             .arg(format!("--user-data-dir={}", profile.display()))
@@ -335,7 +385,10 @@ impl Chromium {
             }
         });
         let url = url.recv_timeout(WAIT).unwrap_or_else(|_| {
-            panic!("no DevTools address from chromium: {:?}", log.lock().unwrap())
+            panic!(
+                "no DevTools address from chromium: {:?}",
+                log.lock().unwrap()
+            )
         });
         let address = url
             .strip_prefix("ws://")
@@ -361,7 +414,10 @@ impl Chromium {
             "Target.attachToTarget",
             json!({"targetId": target["targetId"], "flatten": true}),
         );
-        let session = attached["sessionId"].as_str().expect("a session").to_owned();
+        let session = attached["sessionId"]
+            .as_str()
+            .expect("a session")
+            .to_owned();
         Page { session }
     }
 
@@ -385,7 +441,9 @@ impl Chromium {
 
     /// Waits until the element with `id` shows `needle`; returns its text.
     fn wait_text(&mut self, page: &Page, id: &str, needle: &str) -> String {
-        self.wait_until(page, &format!("{needle:?}"), id, |text| text.contains(needle))
+        self.wait_until(page, &format!("{needle:?}"), id, |text| {
+            text.contains(needle)
+        })
     }
 
     /// Waits until the text of the element with `id` satisfies `cond`; returns it.
@@ -440,7 +498,10 @@ impl Chromium {
             .expect("send to DevTools");
         loop {
             let message = self.devtools.read().unwrap_or_else(|e| {
-                panic!("{method}: no answer from DevTools ({e}); chromium says {:?}", self.stderr())
+                panic!(
+                    "{method}: no answer from DevTools ({e}); chromium says {:?}",
+                    self.stderr()
+                )
             });
             let Ok(text) = message.to_text() else {
                 continue;

@@ -5,6 +5,7 @@
 //   api       the HTTP API, default http://<this page's host>:9579
 //   ws_port   the WebSocket port, default 9580
 //   secure    1 for wss
+//   heartbeat seconds between heartbeats, default 30
 import { PlexClient } from './plex.js';
 
 const params = new URLSearchParams(location.search);
@@ -12,6 +13,7 @@ const $ = (id) => document.getElementById(id);
 
 const options = {
   token: params.get('token') ?? '7',
+  heartbeatInterval: Number(params.get('heartbeat') ?? 30) * 1000,
   onMessage: (uri, body) => {
     const code = document.createElement('code');
     code.textContent = uri;
