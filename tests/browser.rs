@@ -52,8 +52,10 @@ fn pushes_reach_the_page_over_ws_and_what_it_sends_reaches_the_server() {
     let page = chromium.open(&server.page_url("7"));
     chromium.wait_text(&page, "state", "authenticated");
     assert_eq!(server.online("7"), 1);
+    // Where /plex/v1/host said, on the WebSocket port the page was given.
     let log = chromium.text(&page, "log");
-    assert!(log.contains("/plex/v1/ws"), "connected where? {log}");
+    let ws = format!("open ws://127.0.0.1:{}/plex/v1/ws", server.ports.ws);
+    assert!(log.contains(&ws), "{log}");
 
     // Text, not HTML: markup in a body must show as it is.
     assert_eq!(server.push("7", "/news", "hello over ws <b>1</b>"), 1);
@@ -180,6 +182,93 @@ fn heartbeats_keep_the_page_connected() {
     let log = chromium.text(&page, "log");
     assert!(!log.contains("closed"), "{log}");
     server.stop();
+}
+
+#[test]
+fn a_server_that_stops_answering_is_left_for_a_new_connection() {
+    let _one = one_browser();
+    let (mute, mut heard) = mute_server();
+    let pages = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/?token=7&ws=ws://{mute}/plex/v1/ws&heartbeat=0.3",
+        pages.local_addr().unwrap()
+    );
+    demo::serve_pages(pages);
+    let mut chromium = Chromium::launch();
+    let page = chromium.open(&url);
+    // The token travels in the subprotocol list, beside `plex`.
+    heard.expect(|m| m == "upgrade: plex, plex.token.7");
+    chromium.wait_text(&page, "state", "authenticated");
+    heard.expect(|m| m.contains(r#""uri":"/heartbeat""#));
+    let log = chromium.wait_text(
+        &page,
+        "log",
+        "the server stopped answering; reconnecting in",
+    );
+    assert!(
+        log.contains("closed 1006 the server stopped answering"),
+        "{log}"
+    );
+    heard.expect(|m| m.starts_with("upgrade: "));
+}
+
+/// What a mute server heard: `upgrade: <offered subprotocols>` per connection, then each
+/// text message.
+struct Heard(mpsc::Receiver<String>);
+
+/// A WebSocket server that accepts any page and answers `/auth/success`, then never
+/// another word: a hung server, or a network that drops everything.
+fn mute_server() -> (SocketAddr, Heard) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tell, heard) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let tell = tell.clone();
+            std::thread::spawn(move || serve_mutely(stream, tell));
+        }
+    });
+    (addr, Heard(heard))
+}
+
+fn serve_mutely(stream: TcpStream, tell: mpsc::Sender<String>) {
+    use tungstenite::handshake::server::{Request, Response};
+    let choose_plex = |request: &Request, mut response: Response| {
+        let offered = request.headers().get("Sec-WebSocket-Protocol");
+        let offered = offered.and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let _ = tell.send(format!("upgrade: {offered}"));
+        let plex = "plex".parse().unwrap();
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", plex);
+        Ok(response)
+    };
+    let Ok(mut ws) = tungstenite::accept_hdr(stream, choose_plex) else {
+        return;
+    };
+    let success = tungstenite::Message::text(r#"{"seq":1,"uri":"/auth/success"}"#);
+    if ws.send(success).is_err() {
+        return;
+    }
+    while let Ok(message) = ws.read() {
+        if let tungstenite::Message::Text(text) = message {
+            let _ = tell.send(text.to_string());
+        }
+    }
+}
+
+impl Heard {
+    /// Waits for a message that satisfies `cond`, skipping others.
+    fn expect(&mut self, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = self.0.recv_timeout(left).expect("the mute server heard it");
+            if cond(&message) {
+                return message;
+            }
+        }
+    }
 }
 
 /// The demo's server and page server, running.

@@ -91,6 +91,7 @@ export class PlexClient {
     this._attempt = 0; // failed attempts since the last authentication
     this._generation = 0; // bumped per attempt: callbacks of an older one do nothing
     this._running = false;
+    this._answered = false; // something arrived since the last heartbeat went out
     this._timers = {};
   }
 
