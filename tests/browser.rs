@@ -233,6 +233,7 @@ fn mute_server() -> (SocketAddr, Heard) {
 
 fn serve_mutely(stream: TcpStream, tell: mpsc::Sender<String>) {
     use tungstenite::handshake::server::{Request, Response};
+    #[allow(clippy::result_large_err)] // the signature is tungstenite's
     let choose_plex = |request: &Request, mut response: Response| {
         let offered = request.headers().get("Sec-WebSocket-Protocol");
         let offered = offered.and_then(|v| v.to_str().ok()).unwrap_or_default();
