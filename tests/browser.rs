@@ -49,8 +49,7 @@ fn pushes_reach_the_page_over_ws_and_what_it_sends_reaches_the_server() {
     let _one = one_browser();
     let server = DemoServer::start(demo::config(ANY_PORTS, None));
     let mut chromium = Chromium::launch();
-    let page = chromium.open(&server.page_url("7"));
-    chromium.wait_text(&page, "state", "authenticated");
+    let page = chromium.open_authenticated(&server.page_url("7"));
     assert_eq!(server.online("7"), 1);
     // Where /plex/v1/host said, on the WebSocket port the page was given.
     let log = chromium.text(&page, "log");
@@ -100,8 +99,7 @@ fn pushes_reach_the_page_over_wss() {
     let tls = (certificate.cert(), certificate.key());
     let server = DemoServer::start(demo::config(ANY_PORTS, Some(tls)));
     let mut chromium = Chromium::launch();
-    let page = chromium.open(&server.page_url("8"));
-    chromium.wait_text(&page, "state", "authenticated");
+    let page = chromium.open_authenticated(&server.page_url("8"));
     let log = chromium.text(&page, "log");
     assert!(log.contains("open wss://127.0.0.1:"), "not over wss: {log}");
     assert_eq!(server.push("8", "/news", "hello over wss"), 1);
@@ -117,8 +115,7 @@ fn a_token_that_cannot_be_a_subprotocol_goes_in_auth_server_and_a_refused_one_is
     let server = DemoServer::start(demo::config(ANY_PORTS, None));
     let mut chromium = Chromium::launch();
     // `@` is not allowed in a subprotocol name: the token goes in /auth/server instead.
-    let page = chromium.open(&server.page_url("ann@example.com"));
-    chromium.wait_text(&page, "state", "authenticated");
+    let page = chromium.open_authenticated(&server.page_url("ann@example.com"));
     assert_eq!(server.push("ann@example.com", "/mail", "you have mail"), 1);
     chromium.wait_text(&page, "messages", "/mail you have mail");
 
@@ -139,8 +136,7 @@ fn the_page_reconnects_to_a_restarted_server() {
     let _one = one_browser();
     let first = DemoServer::start(demo::config(ANY_PORTS, None));
     let mut chromium = Chromium::launch();
-    let page = chromium.open(&first.page_url("7"));
-    chromium.wait_text(&page, "state", "authenticated");
+    let page = chromium.open_authenticated(&first.page_url("7"));
     let ports = first.ports;
     first.stop();
     let log = chromium.wait_text(&page, "log", "1001 shutdown; reconnecting in");
@@ -168,8 +164,7 @@ fn heartbeats_keep_the_page_connected() {
     };
     let server = DemoServer::start(config);
     let mut chromium = Chromium::launch();
-    let page = chromium.open(&format!("{}&heartbeat=0.3", server.page_url("7")));
-    chromium.wait_text(&page, "state", "authenticated");
+    let page = chromium.open_authenticated(&format!("{}&heartbeat=0.3", server.page_url("7")));
     // A client that authenticates later and never heartbeats shows when the timeout has
     // passed for the page too.
     let addr = SocketAddr::from(([127, 0, 0, 1], server.ports.clients));
@@ -509,6 +504,13 @@ impl Chromium {
             .expect("a session")
             .to_owned();
         Page { session }
+    }
+
+    /// Opens `url` in a new tab and waits until the page shows `authenticated`.
+    fn open_authenticated(&mut self, url: &str) -> Page {
+        let page = self.open(url);
+        self.wait_text(&page, "state", "authenticated");
+        page
     }
 
     /// Evaluates `expression` in the page; returns its value.
