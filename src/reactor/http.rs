@@ -200,6 +200,8 @@ pub struct Response {
     allow: Option<&'static str>,
     /// The answer to a `HEAD`: headers only.
     head_only: bool,
+    /// `Access-Control-Allow-Origin: *`: a page on any origin may read it.
+    any_origin: bool,
 }
 
 impl Response {
@@ -210,6 +212,7 @@ impl Response {
             body: value.to_string().into_bytes(),
             allow: None,
             head_only: false,
+            any_origin: false,
         }
     }
 
@@ -505,6 +508,9 @@ fn write_response(ctx: &mut Ctx, link: &mut Link, r: &Response, close: bool) {
     if r.status == 401 {
         out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
     }
+    if r.any_origin {
+        out.extend_from_slice(b"Access-Control-Allow-Origin: *\r\n");
+    }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -566,7 +572,13 @@ fn host(api: &mut Api, _: &Request) -> Outcome {
         let servers = &api.ctx.limits.outer_servers;
         &servers[rand::rng().random_range(0..servers.len())]
     });
-    Response::json(200, json!({ "host": host })).into()
+    // Browsers ask too, from pages on other origins (clients/js/plex.js): a plain GET needs
+    // no preflight, only this header, and the answer is public anyway.
+    Response {
+        any_origin: true,
+        ..Response::json(200, json!({ "host": host }))
+    }
+    .into()
 }
 
 /// Liveness: the process is up and its reactor turns.
@@ -785,6 +797,7 @@ fn metrics(api: &mut Api, _: &Request) -> Outcome {
             .into_bytes(),
         allow: None,
         head_only: false,
+        any_origin: false,
     }
     .into()
 }
