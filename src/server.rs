@@ -165,6 +165,17 @@ pub struct Server {
 }
 
 impl Server {
+    /// Checks a configuration as `build` would before binding anything: its settings, and
+    /// the files it names (the TLS certificate and key).
+    pub fn check(config: &Config) -> io::Result<()> {
+        let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+        config.validate().map_err(|e| invalid(e.to_string()))?;
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            tls::load(cert, key)?;
+        }
+        Ok(())
+    }
+
     pub fn builder(config: Config) -> ServerBuilder {
         ServerBuilder {
             config,

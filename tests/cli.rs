@@ -399,3 +399,26 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(warning["level"], "warn");
     assert_eq!(warning["target"], "plex_server");
 }
+
+#[test]
+fn check_config_reads_the_tls_files_it_names() {
+    let missing = run(plex().args(["--check-config", "--tls-port", "0"]).args([
+        "--tls-cert",
+        "/nonexistent/c.pem",
+        "--tls-key",
+        "/nonexistent/k.pem",
+    ]));
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert!(
+        missing.stderr.contains("TlsCert /nonexistent/c.pem"),
+        "{missing:?}"
+    );
+    let not_pem = scratch("not-a-cert.pem", "hello\n");
+    let garbage = run(plex()
+        .args(["--check-config", "--tls-cert"])
+        .arg(&not_pem)
+        .arg("--tls-key")
+        .arg(&not_pem));
+    assert_eq!(garbage.code, 2, "{garbage:?}");
+    assert!(garbage.stderr.contains("TlsCert"), "{garbage:?}");
+}

@@ -554,3 +554,63 @@ fn tls_clients_that_waited_while_descriptors_ran_out_are_served_once_they_are_fr
     }
     server.assert_running();
 }
+
+#[test]
+fn sighup_puts_a_renewed_certificate_in_place_for_new_connections() {
+    let (old, new) = (make_cert("sighup-old"), make_cert("sighup-new"));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sighup-live");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+    let install = |c: &Cert| {
+        std::fs::copy(&c.cert, &cert).unwrap();
+        std::fs::copy(&c.key, &key).unwrap();
+    };
+    install(&old);
+    let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let args = [
+        "--tls-port",
+        "0",
+        "--tls-cert",
+        cert_arg,
+        "--tls-key",
+        key_arg,
+    ];
+    let mut server = ChildServer::spawn(&args, "info", None);
+    let mut line = None;
+    let logged = wait_until(WAIT, || {
+        line = server.logged_line("listening for clients over TLS on ");
+        line.is_some()
+    });
+    assert!(logged, "no TLS listening line: {:?}", server.log());
+    let addr: std::net::SocketAddr = line.unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    // The server's certificate as a client trusting both sees it.
+    let presented = || {
+        let config = client_config_trusting(BOTH_VERSIONS, &[&old, &new]);
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let session = rustls::ClientConnection::new(config, name).unwrap();
+        let mut stream = StreamOwned::new(session, tcp(addr));
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock).unwrap();
+        }
+        let der = stream.conn.peer_certificates().unwrap()[0].to_vec();
+        (der, TlsClient::from(stream))
+    };
+    let der_of = |c: &Cert| {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_file(&c.cert)
+            .unwrap()
+            .to_vec()
+    };
+    let (before, mut kept) = presented();
+    assert_eq!(before, der_of(&old));
+    kept.send(uri::AUTH, "kept");
+    kept.expect(uri::AUTH_SUCCESS);
+
+    install(&new);
+    server.signal("HUP");
+    let reloaded = wait_until(WAIT, || server.logged("the TLS certificate"));
+    assert!(reloaded, "{:?}", server.log());
+    assert_eq!(presented().0, der_of(&new));
+    kept.assert_alive();
+    assert_eq!(server.terminate().code(), Some(0));
+}

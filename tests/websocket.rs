@@ -19,9 +19,6 @@ use tungstenite::ClientRequestBuilder;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-/// Binary messages will carry the protobuf codec; until then they are refused with this.
-const BINARY_REFUSED: (u16, &str) = (1003, "binary messages are not supported");
-
 /// The headers of a valid upgrade (RFC 6455 §1.3's key).
 const HEADERS: [(&str, &str); 5] = [
     ("Host", "127.0.0.1"),
@@ -486,12 +483,38 @@ fn text_that_is_not_utf8_closes_with_1007() {
 }
 
 #[test]
-fn a_binary_message_is_refused_for_now() {
-    let send = |ws: &mut WsClient| {
-        ws.send(tungstenite::Message::binary(b"\x0a\x02hi".to_vec()))
-            .unwrap()
+fn binary_messages_carry_protobuf_and_a_connection_keeps_the_codec_it_chose() {
+    use plex::protocol::Codec;
+    let (server, at) = start_transports(plain_ws(config()));
+    let binary = |uri: &str, body: &str| {
+        let mut out = Vec::new();
+        Codec::Protobuf.write_payload(&mut out, 0, uri, body);
+        tungstenite::Message::binary(out)
     };
-    closes_with(send, BINARY_REFUSED.0, BINARY_REFUSED.1);
+    // A protobuf client: its answers and pushes come back in binary frames.
+    let mut ws = ws_connect(at.ws(), false);
+    ws.send(binary(uri::AUTH, "p")).unwrap();
+    let answer = |ws: &mut WsClient| match ws.read().unwrap() {
+        tungstenite::Message::Binary(bytes) => Codec::Protobuf.decode(&bytes).unwrap().into_owned(),
+        other => panic!("expected a binary frame, got {other:?}"),
+    };
+    assert_eq!(answer(&mut ws).uri, uri::AUTH_SUCCESS);
+    server.handle.push("p", "/news", "in protobuf").unwrap();
+    let pushed = answer(&mut ws);
+    assert_eq!(
+        (pushed.uri.as_str(), pushed.body.as_str()),
+        ("/news", "in protobuf")
+    );
+    // A text (JSON) message on a protobuf connection is a bad frame: counted, not obeyed.
+    ws_send(&mut ws, uri::HEARTBEAT, "");
+    server.wait_stats("a bad frame", |s| s.bad_frames == 1);
+    ws.send(binary(uri::HEARTBEAT, "")).unwrap();
+    assert_eq!(answer(&mut ws).uri, uri::HEARTBEAT);
+    // And the other way round.
+    let mut json = ws_user(at.ws(), false, "j");
+    json.send(binary(uri::HEARTBEAT, "")).unwrap();
+    server.wait_stats("another bad frame", |s| s.bad_frames == 2);
+    ws_assert_alive(&mut json);
 }
 
 #[test]

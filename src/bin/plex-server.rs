@@ -137,6 +137,10 @@ fn main() -> ExitCode {
     let config = match parse_args(args.iter().cloned(), |name| std::env::var(name).ok()) {
         Ok(Request::Run(config)) => config,
         Ok(Request::Check(config)) => {
+            if let Err(e) = Server::check(&config) {
+                eprintln!("plex-server: {e}");
+                return ExitCode::from(2);
+            }
             println!("plex-server: config ok: {}", config.summary());
             return ExitCode::SUCCESS;
         }

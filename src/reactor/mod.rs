@@ -966,12 +966,28 @@ impl Reactor {
             return;
         };
         let config = reload().and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()));
-        match config {
-            Ok(config) => {
+        // A renewed certificate takes effect for new connections; a bad one changes nothing.
+        let tls = match (&config, self.tls.is_some()) {
+            (Ok(config), true) => match (&config.tls_cert, &config.tls_key) {
+                (Some(cert), Some(key)) => {
+                    tls::load(cert, key).map(Some).map_err(|e| e.to_string())
+                }
+                _ => Err("TlsCert and TlsKey are needed by the TLS listeners".into()),
+            },
+            _ => Ok(None),
+        };
+        match config.and_then(|config| tls.map(|tls| (config, tls))) {
+            Ok((config, tls)) => {
                 let restart = self.ctx.limits.reload(&config);
+                let certificate = if let Some(tls) = tls {
+                    self.tls = Some(tls);
+                    ", the TLS certificate"
+                } else {
+                    ""
+                };
                 info!(
                     "SIGHUP: reloaded InnerPassword, MetricsToken, OuterServers, connection caps, \
-                     output limits and timeouts"
+                     output limits and timeouts{certificate}"
                 );
                 if !restart.is_empty() {
                     warn!("SIGHUP: {} changed but need a restart", restart.join(", "));

@@ -32,9 +32,13 @@ pub struct Cert {
 /// The test certificate, made once per test process in the target's scratch directory.
 pub fn cert() -> &'static Cert {
     static CERT: OnceLock<Cert> = OnceLock::new();
-    CERT.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("transport-{}", std::process::id()));
+    CERT.get_or_init(|| make_cert(&format!("transport-{}", std::process::id())))
+}
+
+/// A new self-signed certificate for 127.0.0.1 in the scratch directory `name`.
+pub fn make_cert(name: &str) -> Cert {
+    {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
         std::fs::create_dir_all(&dir).expect("scratch directory");
         let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
         let out = Command::new("openssl")
@@ -63,7 +67,7 @@ pub fn cert() -> &'static Cert {
             cert: path(cert),
             key: path(key),
         }
-    })
+    }
 }
 
 /// `config` with the test certificate, a TLS listener and a wss listener.
@@ -124,9 +128,19 @@ pub const BOTH_VERSIONS: &[&SupportedProtocolVersion] =
 
 /// A client config trusting the test certificate only, offering `versions`.
 pub fn client_config(versions: &[&'static SupportedProtocolVersion]) -> Arc<ClientConfig> {
+    client_config_trusting(versions, &[cert()])
+}
+
+/// A client configuration that trusts `certs`.
+pub fn client_config_trusting(
+    versions: &[&'static SupportedProtocolVersion],
+    certs: &[&Cert],
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
-    let der = CertificateDer::from_pem_file(&cert().cert).expect("read the test certificate");
-    roots.add(der).expect("trust the test certificate");
+    for cert in certs {
+        let der = CertificateDer::from_pem_file(&cert.cert).expect("read the test certificate");
+        roots.add(der).expect("trust the test certificate");
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
