@@ -1,6 +1,6 @@
 //! The sending side of `push` and `broadcast`, run on the fleet's thread as its driver: one
-//! connection to the server (an inner TCP connection, or the HTTP API with pipelined
-//! requests) carrying benchmark messages round-robin over the users' uids, either flat out
+//! connection to the server (an inner TCP connection in the run's codec, or the HTTP API with
+//! pipelined requests) carrying benchmark messages round-robin over the users' uids, either flat out
 //! within a window of deliveries in flight, stamped with the moment they are written, or at a
 //! fixed rate, stamped with the moment they were due (see `schedule`).
 
@@ -13,8 +13,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
 use plex::client::Connection;
-use plex::protocol::message::encode_message;
-use plex::protocol::{ByteOrder, PushRequest, uri};
+use plex::protocol::{ByteOrder, Codec, PushRequest, uri};
 
 use crate::fleet::{DRIVER, Driver};
 use crate::schedule::Schedule;
@@ -70,6 +69,7 @@ pub struct Pusher {
     address: SocketAddr,
     password: String,
     order: ByteOrder,
+    codec: Codec,
     plan: Plan,
     sent: u64,
     /// At a fixed rate: when each message is due, from the first `pump` on.
@@ -83,18 +83,19 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// Connects (and for `InnerTcp` authenticates) to `address` and registers as `DRIVER`.
+    /// Connects (and for `InnerTcp` authenticates, speaking `codec`) to `address` and
+    /// registers as `DRIVER`.
     pub fn connect(
         route: Route,
         address: SocketAddr,
         password: &str,
-        order: ByteOrder,
+        (order, codec): (ByteOrder, Codec),
         plan: Plan,
         registry: &Registry,
     ) -> io::Result<Pusher> {
         let stream = match route {
             Route::InnerTcp => {
-                let mut inner = Connection::connect(address, order)?;
+                let mut inner = Connection::connect(address, order)?.with_codec(codec);
                 if !inner.authenticate_inner(password, AUTH_WAIT)? {
                     return Err(io::Error::new(
                         io::ErrorKind::PermissionDenied,
@@ -126,6 +127,7 @@ impl Pusher {
             address,
             password: password.to_owned(),
             order,
+            codec,
             plan,
             sent: 0,
             schedule: None,
@@ -170,7 +172,9 @@ impl Pusher {
         };
         match self.route {
             Route::InnerTcp => {
-                encode_message(&mut self.out, self.order, 0, uri::SEND_MSG, &push());
+                let order = self.order;
+                self.codec
+                    .write_frame(&mut self.out, order, 0, uri::SEND_MSG, &push());
             }
             Route::HttpPush => {
                 let json = push();
