@@ -30,6 +30,7 @@ pub fn run(o: &Options) -> io::Result<()> {
          {}-byte bodies",
         o.conns, o.seconds, o.body_bytes
     );
+    println!("good users speak {} to {}", o.speech(), o.users());
     println!("attackers, each kind on its own thread: {}", o.attack);
     println!("{}", report::latency_clock(true));
     let mut runs = Vec::new();

@@ -90,6 +90,8 @@ struct Tally {
     latencies_ns: Vec<u64>,
     /// Bytes of the frames that carried the benchmark messages.
     frame_bytes: u64,
+    /// Probe messages received.
+    probes: u64,
 }
 
 pub struct Fleet {
@@ -205,6 +207,11 @@ impl Fleet {
     /// Benchmark messages received so far.
     pub fn received(&self) -> u64 {
         self.tally.count
+    }
+
+    /// Probe messages received so far.
+    pub fn probes(&self) -> u64 {
+        self.tally.probes
     }
 
     /// Users the server closed (the benchmark's users never expect that).
@@ -414,6 +421,7 @@ impl Tally {
             last_received_ns: 0,
             latencies_ns: Vec::new(),
             frame_bytes: 0,
+            probes: 0,
         }
     }
 
@@ -438,6 +446,7 @@ impl Tally {
                 self.last_received_ns = self.last_received_ns.max(received_ns);
                 self.latencies_ns.push(received_ns.saturating_sub(sent_ns));
             }
+            payload::PROBE_URI => self.probes += 1,
             uri::AUTH_SUCCESS if *phase == Phase::Authenticating => {
                 *phase = Phase::Ready;
                 self.ready += 1;

@@ -559,9 +559,14 @@ fn density(o: &Options) -> std::io::Result<()> {
         took.as_secs_f64(),
         n / took.as_secs_f64()
     );
-    let server = cpu
-        .other
-        .map_or("-".to_owned(), |(_, share)| share.to_string());
+    // The tool's one thread does the client side of every handshake and may be the limit:
+    // the server's own cost shows as the rate over its share of a core.
+    let server = cpu.other.map_or("-".to_owned(), |(_, share)| {
+        format!(
+            "{share}: {:.0} {steps} per second of server cpu",
+            n / took.as_secs_f64() / share.busy.max(1e-3)
+        )
+    });
     println!("cpu while connecting: tool {}, server {server}", cpu.tool);
     println!(
         "server VmRSS: before {} KiB, after auth {} KiB, after {} s alive {} KiB",
@@ -658,8 +663,11 @@ fn through_server(o: &Options) -> std::io::Result<Figures> {
         },
     };
     let (mut fleet, _) = Fleet::connect(o.fleet())?;
-    let registry = fleet.registry();
     let speech = (o.order, o.codec);
+    if route == Route::InnerTcp && o.users() != o.inner() {
+        pusher::await_route(&mut fleet, o.inner(), &o.inner_password, speech, o.conns)?;
+    }
+    let registry = fleet.registry();
     let mut pusher = Pusher::connect(route, address, &o.inner_password, speech, plan, registry)?;
     let cpu = proc::CpuMeter::start(o.server_pid.map(|pid| ("server", pid)))?;
     let expected = o.msgs * o.fanout();

@@ -15,7 +15,7 @@ use mio::{Interest, Registry};
 use plex::client::Connection;
 use plex::protocol::{ByteOrder, Codec, PushRequest, uri};
 
-use crate::fleet::{DRIVER, Driver};
+use crate::fleet::{DRIVER, Driver, Fleet, STALL};
 use crate::schedule::Schedule;
 use crate::{http, payload};
 
@@ -24,6 +24,8 @@ use crate::{http, payload};
 const OUT_CAP: usize = 64 * 1024;
 /// How long the inner connection's authentication may take.
 const AUTH_WAIT: Duration = Duration::from_secs(5);
+/// How often `await_route` probes.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -258,6 +260,52 @@ impl Pusher {
         self.input.drain(..used);
         Ok(())
     }
+}
+
+/// Waits until a push sent through the inner connection at `inner` reaches the last user of
+/// `fleet`: across nodes, presence travels to the other node after authentication, and pushes
+/// sent before it arrives would count as lost. Probes go every `PROBE_EVERY` for up to `STALL`.
+pub fn await_route(
+    fleet: &mut Fleet,
+    inner: SocketAddr,
+    password: &str,
+    (order, codec): (ByteOrder, Codec),
+    users: usize,
+) -> io::Result<()> {
+    let mut conn = Connection::connect(inner, order)?.with_codec(codec);
+    if !conn.authenticate_inner(password, AUTH_WAIT)? {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the server refused the inner password",
+        ));
+    }
+    let probe = PushRequest {
+        uid: payload::uid(users - 1).into(),
+        uri: payload::PROBE_URI.into(),
+        body: "".into(),
+    }
+    .to_json();
+    let start = Instant::now();
+    let mut next = start;
+    while fleet.probes() == 0 {
+        let now = Instant::now();
+        if now - start > STALL {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no push sent through {inner} reached the users in {} s (are the nodes \
+                     one cluster?)",
+                    STALL.as_secs()
+                ),
+            ));
+        }
+        if now >= next {
+            conn.send(uri::SEND_MSG, &probe)?;
+            next = now + PROBE_EVERY;
+        }
+        fleet.turn(Some(PROBE_EVERY / 10), None)?;
+    }
+    Ok(())
 }
 
 impl Driver for Pusher {
