@@ -379,10 +379,13 @@ impl Fleet {
     fn read(&mut self, index: usize) -> io::Result<()> {
         let User { link, phase } = &mut self.users[index];
         let tally = &mut self.tally;
+        // What arrives now counts as received now, not once the tool has decoded what came
+        // before it in the same read.
+        let received_ns = payload::now_ns();
         let open = link.read(
             &self.config.link,
             &mut self.scratch,
-            |payload, frame_len| tally.message(phase, payload, frame_len, payload::now_ns()),
+            |payload, frame_len| tally.message(phase, payload, frame_len, received_ns),
         )?;
         if !open {
             *phase = Phase::Closed;

@@ -40,7 +40,8 @@ Drives a running plex-server over loopback (start it with `cargo build --release
 
 Commands:
   density --conns N --server-pid P   connect and authenticate N users, keep them alive, report
-                                     connects+auths/s and the server's RSS per connection
+                                     connects(+handshakes)+auths/s, both sides' CPU, and the
+                                     server's RSS per connection
   push --conns N --msgs M            push M messages round-robin over N users; report msgs/s,
                                      lost messages and latency, against `limit`
   broadcast --conns N --msgs M       M broadcasts to N users (HTTP API); deliveries/s vs `limit`
@@ -90,8 +91,8 @@ Options:
                             `limit`]
   --body-bytes B            bytes of each message body, >= 20 [100]
   --runs K                  repeat K times and report each run and the median [1]
-  --server-pid P            the server's pid: RSS (density, soak, chaos), CPU use (push,
-                            broadcast, chaos) and whether it exited (chaos)
+  --server-pid P            the server's pid: RSS (density, soak, chaos), CPU use (density,
+                            push, broadcast, chaos) and whether it exited (chaos)
   --hold SECS               density: keep the users alive this long before measuring [10]
   --minutes T               soak: how long [10]
   --churn N                 soak: users that drop their connection and reconnect per second
