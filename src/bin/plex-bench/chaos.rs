@@ -30,6 +30,7 @@ pub fn run(o: &Options) -> io::Result<()> {
          {}-byte bodies",
         o.conns, o.seconds, o.body_bytes
     );
+    println!("good users speak {} to {}", o.speech(), o.users());
     println!("attackers, each kind on its own thread: {}", o.attack);
     println!("{}", report::latency_clock(true));
     let mut runs = Vec::new();
@@ -68,7 +69,7 @@ fn one_run(o: &Options, rate: f64) -> io::Result<(report::Figures, bool)> {
     let pid = o.server_pid;
     let rss = || pid.and_then(|pid| proc::vm_rss_bytes(pid).ok());
     let rss_before = rss();
-    let (mut fleet, _) = Fleet::connect(o.fleet(o.server(), true))?;
+    let (mut fleet, _) = Fleet::connect(o.fleet())?;
     let rss_users = rss();
     let total = (rate * o.seconds as f64) as u64;
     let mut pusher = Guarded {

@@ -3,9 +3,10 @@
 //! server's listen backlog never overflows into one-second SYN retransmits), each bound to one
 //! of several `127.0.0.x` source addresses so that ephemeral ports do not run out, then
 //! authenticates them, keeps them alive with heartbeats, and tallies the benchmark messages
-//! they receive. A driver (the pusher) may share the poll under its own token.
+//! they receive. Each speaks the run's transport and codec through its `Link`. A driver (the
+//! pusher) may share the poll under its own token.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -14,9 +15,9 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use plex::protocol::message::encode_message;
-use plex::protocol::{ByteOrder, Decoder, MessageRef, uri};
+use plex::protocol::{Codec, uri};
 
+use crate::link::{Link, LinkConfig};
 use crate::payload;
 use crate::report::{Figures, Latency};
 
@@ -28,9 +29,6 @@ pub const STALL: Duration = Duration::from_secs(10);
 const POLL_CAP: Duration = Duration::from_millis(100);
 /// Linux `EINPROGRESS`: a non-blocking connect under way.
 const EINPROGRESS: i32 = 115;
-/// The largest frame a user accepts: a push may be as large as the server's default limit on
-/// inner frames.
-const MAX_FRAME: u32 = 1 << 20;
 
 fn user_token(index: usize) -> Token {
     Token(index + 1)
@@ -59,27 +57,28 @@ pub struct FleetConfig {
     /// Authenticate as uid `u<index>` (token = uid); `false` for the `limit` writer.
     pub authenticate: bool,
     pub heartbeat: Duration,
-    pub order: ByteOrder,
+    /// Transport, codec and byte order.
+    pub link: LinkConfig,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Connecting,
+    /// Connected; on a WebSocket, waiting for the upgrade's answer.
+    Opening,
     Authenticating,
     Ready,
     Closed,
 }
 
 struct User {
-    stream: TcpStream,
+    link: Link,
     phase: Phase,
-    /// The start of a frame whose end has not arrived yet.
-    input: Vec<u8>,
 }
 
 /// What the users have received, shared by every phase.
 struct Tally {
-    decoder: Decoder,
+    codec: Codec,
     ready: usize,
     closed: usize,
     /// Benchmark messages received.
@@ -89,6 +88,10 @@ struct Tally {
     first_sent_ns: u64,
     last_received_ns: u64,
     latencies_ns: Vec<u64>,
+    /// Bytes of the frames that carried the benchmark messages.
+    frame_bytes: u64,
+    /// Probe messages received.
+    probes: u64,
 }
 
 pub struct Fleet {
@@ -99,8 +102,6 @@ pub struct Fleet {
     tally: Tally,
     /// Shared read buffer: a user keeps only the bytes of a partial frame.
     scratch: Vec<u8>,
-    /// An encoded `/heartbeat` frame, the same for every user.
-    heartbeat: Vec<u8>,
     heartbeats_sent: u64,
     started: Instant,
     /// The next user `churn` considers.
@@ -111,16 +112,13 @@ impl Fleet {
     /// Opens and (if configured) authenticates every connection; returns the fleet and how
     /// long that took.
     pub fn connect(config: FleetConfig) -> io::Result<(Fleet, Duration)> {
-        let mut heartbeat = Vec::new();
-        encode_message(&mut heartbeat, config.order, 0, uri::HEARTBEAT, "");
         let mut fleet = Fleet {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
             users: Vec::with_capacity(config.conns),
-            tally: Tally::new(config.order),
+            tally: Tally::new(config.link.codec),
             config,
             scratch: vec![0; 64 * 1024],
-            heartbeat,
             heartbeats_sent: 0,
             started: Instant::now(),
             churn_cursor: 0,
@@ -168,11 +166,10 @@ impl Fleet {
 
     fn open_next(&mut self) -> io::Result<()> {
         let index = self.users.len();
-        let stream = self.open(index)?;
+        let link = self.open(index)?;
         self.users.push(User {
-            stream,
+            link,
             phase: Phase::Connecting,
-            input: Vec::new(),
         });
         Ok(())
     }
@@ -192,12 +189,10 @@ impl Fleet {
                 continue;
             }
             let fresh = self.open(index)?;
-            let mut old = std::mem::replace(&mut self.users[index].stream, fresh);
-            self.poll.registry().deregister(&mut old)?;
+            let mut old = std::mem::replace(&mut self.users[index].link, fresh);
+            self.poll.registry().deregister(old.stream_mut())?;
             drop(old); // the close the server sees
-            let user = &mut self.users[index];
-            user.phase = Phase::Connecting;
-            user.input.clear();
+            self.users[index].phase = Phase::Connecting;
             self.tally.ready -= 1;
             reopened += 1;
         }
@@ -214,13 +209,18 @@ impl Fleet {
         self.tally.count
     }
 
+    /// Probe messages received so far.
+    pub fn probes(&self) -> u64 {
+        self.tally.probes
+    }
+
     /// Users the server closed (the benchmark's users never expect that).
     pub fn closed_by_server(&self) -> usize {
         self.tally.closed
     }
 
-    /// A socket for user `index`, connecting (non-blocking) from its source address.
-    fn open(&mut self, index: usize) -> io::Result<TcpStream> {
+    /// A connection for user `index`, connecting (non-blocking) from its source address.
+    fn open(&mut self, index: usize) -> io::Result<Link> {
         let source = Ipv4Addr::new(127, 0, 0, 1 + (index % self.config.sources as usize) as u8);
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
@@ -242,7 +242,7 @@ impl Fleet {
             user_token(index),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        Ok(stream)
+        Link::new(stream, &self.config.link)
     }
 
     /// Polls once (at most `timeout`), handles every event, and sends the heartbeats due.
@@ -330,6 +330,7 @@ impl Fleet {
             expected,
             received: t.count,
             rate: t.count as f64 * 1e9 / span_ns as f64,
+            frame_bytes: (t.count > 0).then(|| t.frame_bytes as f64 / t.count as f64),
             latency: Latency::of(&mut t.latencies_ns),
             closed: t.closed,
             ..Figures::default()
@@ -343,7 +344,7 @@ impl Fleet {
             return Ok(());
         }
         if user.phase == Phase::Connecting {
-            let connected = is_connected(&user.stream).map_err(|e| {
+            let connected = is_connected(user.link.stream()).map_err(|e| {
                 let target = self.config.target;
                 io::Error::new(
                     e.kind(),
@@ -353,64 +354,44 @@ impl Fleet {
             if !connected {
                 return Ok(());
             }
+            user.phase = Phase::Opening;
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read(index)?;
+        }
+        let user = &mut self.users[index];
+        // A TLS ClientHello, a WebSocket upgrade, or what the socket would not take before.
+        user.link.flush()?;
+        if user.phase == Phase::Opening && user.link.is_open() {
             if self.config.authenticate {
-                let mut frame = Vec::new();
-                encode_message(
-                    &mut frame,
-                    self.config.order,
-                    0,
-                    uri::AUTH,
-                    &payload::uid(index),
-                );
-                // A fresh socket's buffer takes a small frame whole.
-                user.stream.write_all(&frame)?;
+                user.link
+                    .send(&self.config.link, uri::AUTH, &payload::uid(index))?;
                 user.phase = Phase::Authenticating;
             } else {
                 user.phase = Phase::Ready;
                 self.tally.ready += 1;
             }
         }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read(index)?;
-        }
         Ok(())
     }
 
     /// Reads until the socket is drained (the poll is edge-triggered).
     fn read(&mut self, index: usize) -> io::Result<()> {
-        let user = &mut self.users[index];
-        loop {
-            match user.stream.read(&mut self.scratch) {
-                Ok(0) => {
-                    user.phase = Phase::Closed;
-                    self.tally.closed += 1;
-                    return Ok(());
-                }
-                Ok(n) => {
-                    let received_ns = payload::now_ns();
-                    if user.input.is_empty() {
-                        let used =
-                            self.tally
-                                .frames(&mut user.phase, &self.scratch[..n], received_ns)?;
-                        user.input.extend_from_slice(&self.scratch[used..n]);
-                    } else {
-                        user.input.extend_from_slice(&self.scratch[..n]);
-                        let used = self
-                            .tally
-                            .frames(&mut user.phase, &user.input, received_ns)?;
-                        user.input.drain(..used);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    user.phase = Phase::Closed;
-                    self.tally.closed += 1;
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            }
+        let User { link, phase } = &mut self.users[index];
+        let tally = &mut self.tally;
+        // What arrives now counts as received now, not once the tool has decoded what came
+        // before it in the same read.
+        let received_ns = payload::now_ns();
+        let open = link.read(
+            &self.config.link,
+            &mut self.scratch,
+            |payload, frame_len| tally.message(phase, payload, frame_len, received_ns),
+        )?;
+        if !open {
+            *phase = Phase::Closed;
+            tally.closed += 1;
         }
+        Ok(())
     }
 
     /// Spreads heartbeats evenly: `conns` of them per heartbeat interval, round-robin.
@@ -425,18 +406,7 @@ impl Fleet {
             let user = &mut self.users[(self.heartbeats_sent % n) as usize];
             self.heartbeats_sent += 1;
             if user.phase == Phase::Ready {
-                match user.stream.write(&self.heartbeat) {
-                    Ok(_) => {}
-                    // A user too far behind to take 20 bytes: the next round will do.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    // The server closed it (or died): reading it tells, and counts it.
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                        ) => {}
-                    Err(e) => return Err(e),
-                }
+                user.link.send(&self.config.link, uri::HEARTBEAT, "")?;
             }
         }
         Ok(())
@@ -444,50 +414,55 @@ impl Fleet {
 }
 
 impl Tally {
-    fn new(order: ByteOrder) -> Tally {
+    fn new(codec: Codec) -> Tally {
         Tally {
-            decoder: Decoder::new(order, MAX_FRAME),
+            codec,
             ready: 0,
             closed: 0,
             count: 0,
             first_sent_ns: u64::MAX,
             last_received_ns: 0,
             latencies_ns: Vec::new(),
+            frame_bytes: 0,
+            probes: 0,
         }
     }
 
-    /// Handles the complete frames at the start of `bytes`; returns how many bytes they took.
-    fn frames(&mut self, phase: &mut Phase, bytes: &[u8], received_ns: u64) -> io::Result<usize> {
-        let mut frames = self.decoder.frames(bytes);
-        for payload in frames.by_ref() {
-            let payload = payload.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            if payload.is_empty() {
-                continue; // keep-alive
+    /// Handles one message, `payload`, which came in a frame of `frame_len` bytes.
+    fn message(
+        &mut self,
+        phase: &mut Phase,
+        payload: &[u8],
+        frame_len: usize,
+        received_ns: u64,
+    ) -> io::Result<()> {
+        let message = self
+            .codec
+            .decode(payload)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        match &*message.uri {
+            payload::BENCH_URI => {
+                let sent_ns = payload::sent_ns(&message.body)?;
+                self.count += 1;
+                self.frame_bytes += frame_len as u64;
+                self.first_sent_ns = self.first_sent_ns.min(sent_ns);
+                self.last_received_ns = self.last_received_ns.max(received_ns);
+                self.latencies_ns.push(received_ns.saturating_sub(sent_ns));
             }
-            let message = MessageRef::decode(payload)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            match &*message.uri {
-                payload::BENCH_URI => {
-                    let sent_ns = payload::sent_ns(&message.body)?;
-                    self.count += 1;
-                    self.first_sent_ns = self.first_sent_ns.min(sent_ns);
-                    self.last_received_ns = self.last_received_ns.max(received_ns);
-                    self.latencies_ns.push(received_ns.saturating_sub(sent_ns));
-                }
-                uri::AUTH_SUCCESS if *phase == Phase::Authenticating => {
-                    *phase = Phase::Ready;
-                    self.ready += 1;
-                }
-                uri::AUTH_FAILED => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        "the server refused a user's token (is its auth mode `uid`?)",
-                    ));
-                }
-                _ => {} // heartbeat answers
+            payload::PROBE_URI => self.probes += 1,
+            uri::AUTH_SUCCESS if *phase == Phase::Authenticating => {
+                *phase = Phase::Ready;
+                self.ready += 1;
             }
+            uri::AUTH_FAILED => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "the server refused a user's token (is its auth mode `uid`?)",
+                ));
+            }
+            _ => {} // heartbeat answers
         }
-        Ok(frames.consumed())
+        Ok(())
     }
 }
 
@@ -515,17 +490,23 @@ mod tests {
         // 50 us after it was written.
         let schedule = Schedule::starting(Instant::now(), 1_000_000_000_000, 1000.0);
         let written_ns = |i: u64| schedule.due_ns(if (100..200).contains(&i) { 200 } else { i });
-        let mut tally = Tally::new(ByteOrder::Big);
+        let mut tally = Tally::new(Codec::Protobuf);
         let mut phase = Phase::Ready;
-        let (mut body, mut frame) = (String::new(), Vec::new());
+        let (mut body, mut payload) = (String::new(), Vec::new());
         for i in 0..300 {
             payload::stamp_body(&mut body, schedule.due_ns(i), 100);
-            frame.clear();
-            encode_message(&mut frame, ByteOrder::Big, 0, payload::BENCH_URI, &body);
-            let used = tally.frames(&mut phase, &frame, written_ns(i) + 50_000);
-            assert_eq!(used.unwrap(), frame.len());
+            payload.clear();
+            Codec::Protobuf.write_payload(&mut payload, 0, payload::BENCH_URI, &body);
+            let arrived = tally.message(
+                &mut phase,
+                &payload,
+                4 + payload.len(),
+                written_ns(i) + 50_000,
+            );
+            arrived.unwrap();
         }
         assert_eq!(tally.count, 300);
+        assert_eq!(tally.frame_bytes, 300 * (4 + 2 + 6 + 2 + 100));
         let l = Latency::of(&mut tally.latencies_ns).unwrap();
         // 200 messages on time; the 100 due during the stall waited 1 to 100 ms for its end.
         // Counted from when they were written, all 300 would show 0.05 ms.

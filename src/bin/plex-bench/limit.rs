@@ -1,5 +1,5 @@
 //! The physical limit of this machine for what the server does: one thread writing frames of
-//! the push size round-robin to N loopback sockets, one `write` each, with nothing else in the
+//! the push size (in the run's codec, always over plain TCP) round-robin to N loopback sockets, one `write` each, with nothing else in the
 //! way. The writer is a child process (this binary's `limit-writer` command) so that both ends
 //! of 10,000 sockets fit under the per-process descriptor limit, and so that, as with the
 //! server, writer and users run in different processes. The users are the same fleet that
@@ -12,8 +12,7 @@ use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use plex::protocol::SeqClock;
-use plex::protocol::message::encode_message;
+use plex::protocol::{Codec, SeqClock};
 
 use crate::Options;
 use crate::fleet::Fleet;
@@ -41,6 +40,9 @@ pub fn measure(o: &Options) -> io::Result<Figures> {
     if o.order == plex::protocol::ByteOrder::Little {
         args.push("--little-endian".to_owned());
     }
+    if o.codec == Codec::Protobuf {
+        args.push("--codec=protobuf".to_owned());
+    }
     let mut writer = Writer(
         Command::new(exe)
             .args(&args)
@@ -57,7 +59,7 @@ pub fn measure(o: &Options) -> io::Result<Figures> {
         .map_err(|_| io::Error::other("the limit writer did not start"))?;
 
     let target = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
-    let (mut fleet, _) = Fleet::connect(o.fleet(target, false))?;
+    let (mut fleet, _) = Fleet::connect(o.limit_fleet(target))?;
     let cpu = CpuMeter::start(Some(("writer", writer.0.id())))?;
     stdin.write_all(b"go\n")?;
     let expected = o.msgs * o.fanout();
@@ -120,13 +122,9 @@ pub fn writer_main(o: &Options) -> io::Result<()> {
         payload::stamp_body(&mut body, sent_ns, o.body_bytes);
         frame.clear();
         let now_ms = (payload::now_ns() / 1_000_000) as i64;
-        encode_message(
-            &mut frame,
-            o.order,
-            seq.next(now_ms),
-            payload::BENCH_URI,
-            &body,
-        );
+        let seq = seq.next(now_ms);
+        o.codec
+            .write_frame(&mut frame, o.order, seq, payload::BENCH_URI, &body);
         conns[(i % o.conns as u64) as usize].write_all(&frame)?;
     }
     // Stay until the tool has read everything and closes our stdin.

@@ -1,29 +1,34 @@
 //! `plex-bench`: drives a running `plex-server` over loopback and turns our performance claims
 //! into numbers: connection density, connect+auth rate, push and broadcast throughput with
 //! latency, each throughput set against the physical limit of this machine measured in the
-//! same run (see BENCHMARKS.md), and the service good users get while attackers misbehave.
-//! One thread drives every good client socket through one mio `Poll`.
+//! same run (see BENCHMARKS.md), the service good users get while attackers misbehave, and
+//! the round trip of a client that splits its frames as the Android SDK did. One thread drives
+//! every good client socket, over TCP, TLS or WebSocket, through one mio `Poll`.
 
 mod attack;
 mod chaos;
 mod fleet;
 mod http;
 mod limit;
+mod link;
 mod payload;
 mod proc;
 mod pusher;
 mod report;
+mod rtt;
 mod schedule;
 mod soak;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::Registry;
-use plex::protocol::ByteOrder;
+use plex::protocol::{ByteOrder, Codec};
 
 use fleet::{Fleet, FleetConfig};
+use link::{LinkConfig, Transport};
 use pusher::{Pace, Plan, Pusher, Route};
 use report::{Figures, Run};
 
@@ -35,7 +40,8 @@ Drives a running plex-server over loopback (start it with `cargo build --release
 
 Commands:
   density --conns N --server-pid P   connect and authenticate N users, keep them alive, report
-                                     connects+auths/s and the server's RSS per connection
+                                     connects(+handshakes)+auths/s, both sides' CPU, and the
+                                     server's RSS per connection
   push --conns N --msgs M            push M messages round-robin over N users; report msgs/s,
                                      lost messages and latency, against `limit`
   broadcast --conns N --msgs M       M broadcasts to N users (HTTP API); deliveries/s vs `limit`
@@ -52,10 +58,28 @@ Commands:
                                      server; reports lost pushes and their latency, what each
                                      attacker did, the server's CPU and RSS, and whether the
                                      server exited
+  rtt [--msgs N] [--nodelay] [--one-write]
+                                     N heartbeat round trips [2000], one at a time from one
+                                     client that writes each frame's header and body in two
+                                     writes with Nagle on, as the Android SDK did; reports
+                                     p50, p90, p99, max
   limit-writer                       (internal) the writing end of `limit`, started by the tool
 
 Options:
   --conns N                 user connections
+  --transport tcp|tls|ws|wss
+                            what the users speak [tcp]: the framed protocol over TCP or
+                            TLS, or WebSocket (/plex/v1/ws, one message per frame) plain or
+                            over TLS; all but tcp need --users-on (the server's TlsPort or
+                            WsPort), tls and wss need --ca. Pushers and the limit stay on
+                            plain TCP
+  --codec json|protobuf     the messages' form, for the users and the inner connection
+                            (the server takes it from each connection's first frame; over
+                            WebSocket, protobuf goes in binary frames) [json]
+  --ca PEM                  trust the certificates in this PEM file (the server's test CA)
+  --users-on HOST:PORT      where the users connect [--host:--port]
+  --inner-on HOST:PORT      where the inner push connection connects [--host:--port]: with
+                            --users-on on another node, a push crosses the cluster
   --msgs M                  messages to push (broadcasts for `broadcast`)
   --via tcp|http            push over an inner TCP connection or the HTTP API [tcp]
   --rate R                  send R msgs/s instead of flat out, for the latency at a fixed
@@ -67,8 +91,8 @@ Options:
                             `limit`]
   --body-bytes B            bytes of each message body, >= 20 [100]
   --runs K                  repeat K times and report each run and the median [1]
-  --server-pid P            the server's pid: RSS (density, soak, chaos), CPU use (push,
-                            broadcast, chaos) and whether it exited (chaos)
+  --server-pid P            the server's pid: RSS (density, soak, chaos), CPU use (density,
+                            push, broadcast, chaos) and whether it exited (chaos)
   --hold SECS               density: keep the users alive this long before measuring [10]
   --minutes T               soak: how long [10]
   --churn N                 soak: users that drop their connection and reconnect per second
@@ -89,6 +113,8 @@ Options:
                             most 200 sockets open at once)
   --max-frame-size B        chaos: the server's MaxFrameSize [65536]
   --heartbeat SECS          each user sends /heartbeat this often [30]
+  --nodelay                 rtt: set TCP_NODELAY (Nagle off)
+  --one-write               rtt: write each frame in one write
   --concurrency C           connections connecting or authenticating at once [512]
   --sources K               spread client sockets over source addresses 127.0.0.1..K [8]
   --host ADDR               the server's address [127.0.0.1]
@@ -108,6 +134,7 @@ enum Command {
     LimitWriter,
     Soak,
     Chaos,
+    Rtt,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +173,14 @@ pub struct Options {
     http_port: u16,
     inner_password: String,
     order: ByteOrder,
+    transport: Transport,
+    codec: Codec,
+    /// TLS settings from `--ca`.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    users_on: Option<SocketAddr>,
+    inner_on: Option<SocketAddr>,
+    nodelay: bool,
+    one_write: bool,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -161,6 +196,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         Some("limit-writer") => Command::LimitWriter,
         Some("soak") => Command::Soak,
         Some("chaos") => Command::Chaos,
+        Some("rtt") => Command::Rtt,
         Some(other) => return Err(format!("unknown command {other:?} (see --help)")),
     };
     let mut o = Options {
@@ -188,7 +224,15 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         http_port: 9579,
         inner_password: plex::config::DEFAULT_INNER_PASSWORD.to_owned(),
         order: ByteOrder::Big,
+        transport: Transport::Tcp,
+        codec: Codec::Json,
+        tls: None,
+        users_on: None,
+        inner_on: None,
+        nodelay: false,
+        one_write: false,
     };
+    let mut ca = None;
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
@@ -203,6 +247,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                 o.order = ByteOrder::Little;
                 continue;
             }
+            "--nodelay" => {
+                o.nodelay = true;
+                continue;
+            }
+            "--one-write" => {
+                o.one_write = true;
+                continue;
+            }
             _ => {}
         }
         let value = match inline {
@@ -213,6 +265,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         };
         let bad = || format!("{name}: {value:?} is not valid");
         let number = |v: &str| v.parse::<u64>().map_err(|_| bad());
+        let address = |v: &str| {
+            v.to_socket_addrs()
+                .ok()
+                .and_then(|mut addresses| addresses.next())
+                .ok_or_else(bad)
+        };
         let per_second = |v: &str| {
             v.parse::<f64>()
                 .ok()
@@ -262,6 +320,23 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             "--port" => o.port = value.parse().map_err(|_| bad())?,
             "--http-port" => o.http_port = value.parse().map_err(|_| bad())?,
             "--inner-password" => o.inner_password = value,
+            "--transport" => {
+                o.transport = Transport::NAMES
+                    .iter()
+                    .find(|(name, _)| *name == value)
+                    .map(|(_, t)| *t)
+                    .ok_or_else(bad)?
+            }
+            "--codec" => {
+                o.codec = match value.as_str() {
+                    "json" => Codec::Json,
+                    "protobuf" => Codec::Protobuf,
+                    _ => return Err(bad()),
+                }
+            }
+            "--ca" => ca = Some(value),
+            "--users-on" => o.users_on = Some(address(&value)?),
+            "--inner-on" => o.inner_on = Some(address(&value)?),
             _ => return Err(format!("unknown option {arg:?} (see --help)")),
         }
     }
@@ -277,8 +352,41 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             return Err(format!("--flooders: at most {}", attack::MAX_FLOODERS));
         }
     }
+    if o.command == Command::Rtt {
+        o.conns = 1;
+        if o.msgs == 0 {
+            o.msgs = 2000;
+        }
+        if o.transport != Transport::Tcp || o.codec != Codec::Json {
+            return Err("rtt speaks plain TCP and JSON".into());
+        }
+    }
     if o.conns == 0 {
         return Err("--conns is required".into());
+    }
+    if o.transport != Transport::Tcp && o.users_on.is_none() {
+        return Err(format!(
+            "--transport {} needs --users-on HOST:PORT (the server's {} port)",
+            o.transport.name(),
+            if o.transport == Transport::Tls {
+                "TlsPort"
+            } else {
+                "WsPort"
+            }
+        ));
+    }
+    match ca {
+        Some(path) => o.tls = Some(link::client_config(&path).map_err(|e| e.to_string())?),
+        None if o.transport.is_tls() => {
+            return Err(format!(
+                "--transport {} needs --ca PEM (the CA of the server's certificate)",
+                o.transport.name()
+            ));
+        }
+        None => {}
+    }
+    if o.inner_on.is_some() && (o.via == Via::Http || o.command == Command::Broadcast) {
+        return Err("--inner-on is where the inner TCP connection goes: not with HTTP".into());
     }
     let measures_memory = matches!(o.command, Command::Density | Command::Soak);
     if o.msgs == 0 && !measures_memory && o.command != Command::Chaos {
@@ -297,7 +405,23 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
 }
 
 impl Options {
-    fn fleet(&self, target: SocketAddr, authenticate: bool) -> FleetConfig {
+    /// The users of the server.
+    fn fleet(&self) -> FleetConfig {
+        self.fleet_to(self.users(), true, self.link())
+    }
+
+    /// The users of the `limit` writer: plain TCP, unauthenticated, in the run's codec.
+    fn limit_fleet(&self, writer: SocketAddr) -> FleetConfig {
+        let link = LinkConfig {
+            transport: Transport::Tcp,
+            tls: None,
+            server: writer,
+            ..self.link()
+        };
+        self.fleet_to(writer, false, link)
+    }
+
+    fn fleet_to(&self, target: SocketAddr, authenticate: bool, link: LinkConfig) -> FleetConfig {
         FleetConfig {
             target,
             conns: self.conns,
@@ -305,7 +429,17 @@ impl Options {
             concurrency: self.concurrency,
             authenticate,
             heartbeat: self.heartbeat,
+            link,
+        }
+    }
+
+    fn link(&self) -> LinkConfig {
+        LinkConfig {
+            transport: self.transport,
+            codec: self.codec,
             order: self.order,
+            tls: self.tls.clone(),
+            server: self.users(),
         }
     }
 
@@ -321,9 +455,9 @@ impl Options {
         };
         Pusher::connect(
             Route::InnerTcp,
-            self.server(),
+            self.inner(),
             &self.inner_password,
-            self.order,
+            (self.order, self.codec),
             plan,
             registry,
         )
@@ -343,6 +477,25 @@ impl Options {
 
     fn server(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// Where the users connect.
+    fn users(&self) -> SocketAddr {
+        self.users_on.unwrap_or_else(|| self.server())
+    }
+
+    /// Where the inner push connection connects.
+    fn inner(&self) -> SocketAddr {
+        self.inner_on.unwrap_or_else(|| self.server())
+    }
+
+    /// What the users speak, for the reports: `tcp, json` and the like.
+    fn speech(&self) -> String {
+        let codec = match self.codec {
+            Codec::Json => "json",
+            Codec::Protobuf => "protobuf",
+        };
+        format!("{}, {codec}", self.transport.name())
     }
 
     fn http(&self) -> SocketAddr {
@@ -366,6 +519,7 @@ fn main() -> ExitCode {
         Command::LimitWriter => limit::writer_main(&options),
         Command::Soak => soak::run(&options),
         Command::Chaos => chaos::run(&options),
+        Command::Rtt => rtt::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -380,7 +534,9 @@ fn main() -> ExitCode {
 fn density(o: &Options) -> std::io::Result<()> {
     let pid = o.server_pid.expect("checked when parsing");
     let before = proc::vm_rss_bytes(pid)?;
-    let (mut fleet, took) = Fleet::connect(o.fleet(o.server(), true))?;
+    let cpu = proc::CpuMeter::start(Some(("server", pid)))?;
+    let (mut fleet, took) = Fleet::connect(o.fleet())?;
+    let cpu = cpu.stop()?;
     let after_auth = proc::vm_rss_bytes(pid)?;
     let hold_until = Instant::now() + o.hold;
     while Instant::now() < hold_until {
@@ -390,12 +546,29 @@ fn density(o: &Options) -> std::io::Result<()> {
     let after_hold = proc::vm_rss_bytes(pid)?;
     let n = o.conns as f64;
     let per_conn = |rss: u64| (rss as f64 - before as f64) / n;
+    let steps = match o.transport {
+        Transport::Tcp => "connects+auths",
+        Transport::Tls => "connects+handshakes+auths",
+        Transport::Ws => "connects+upgrades+auths",
+        Transport::Wss => "connects+handshakes+upgrades+auths",
+    };
     println!(
-        "density: {} users connected and authenticated in {:.3} s: {:.0} connects+auths/s",
+        "density ({}): {} users on {} connected and authenticated in {:.3} s: {:.0} {steps}/s",
+        o.speech(),
         o.conns,
+        o.users(),
         took.as_secs_f64(),
         n / took.as_secs_f64()
     );
+    // The tool's one thread does the client side of every handshake and may be the limit:
+    // the server's own cost shows as the rate over its share of a core.
+    let server = cpu.other.map_or("-".to_owned(), |(_, share)| {
+        format!(
+            "{share}: {:.0} {steps} per second of server cpu",
+            n / took.as_secs_f64() / share.busy.max(1e-3)
+        )
+    });
+    println!("cpu while connecting: tool {}, server {server}", cpu.tool);
     println!(
         "server VmRSS: before {} KiB, after auth {} KiB, after {} s alive {} KiB",
         before / 1024,
@@ -436,6 +609,17 @@ fn throughput(o: &Options) -> std::io::Result<()> {
         "{what}: {} users, {} {unit} with {}-byte bodies, {pace}",
         o.conns, o.msgs, o.body_bytes
     );
+    if o.command != Command::Limit {
+        let pusher = match (o.command, o.via) {
+            (Command::Push, Via::Tcp) => format!(", inner connection to {}", o.inner()),
+            _ => String::new(),
+        };
+        println!(
+            "users speak {} to {}{pusher}; the limit writes over plain TCP",
+            o.speech(),
+            o.users()
+        );
+    }
     println!("{}", report::latency_clock(o.rate.is_some()));
     println!("{}", report::table_head());
     let mut runs = Vec::new();
@@ -466,7 +650,7 @@ fn throughput(o: &Options) -> std::io::Result<()> {
 fn through_server(o: &Options) -> std::io::Result<Figures> {
     let (route, address) = match (o.command, o.via) {
         (Command::Broadcast, _) => (Route::HttpBroadcast, o.http()),
-        (_, Via::Tcp) => (Route::InnerTcp, o.server()),
+        (_, Via::Tcp) => (Route::InnerTcp, o.inner()),
         (_, Via::Http) => (Route::HttpPush, o.http()),
     };
     let plan = Plan {
@@ -479,9 +663,13 @@ fn through_server(o: &Options) -> std::io::Result<Figures> {
             None => Pace::Window(o.window()),
         },
     };
-    let (mut fleet, _) = Fleet::connect(o.fleet(o.server(), true))?;
+    let (mut fleet, _) = Fleet::connect(o.fleet())?;
+    let speech = (o.order, o.codec);
+    if route == Route::InnerTcp && o.users() != o.inner() {
+        pusher::await_route(&mut fleet, o.inner(), &o.inner_password, speech, o.conns)?;
+    }
     let registry = fleet.registry();
-    let mut pusher = Pusher::connect(route, address, &o.inner_password, o.order, plan, registry)?;
+    let mut pusher = Pusher::connect(route, address, &o.inner_password, speech, plan, registry)?;
     let cpu = proc::CpuMeter::start(o.server_pid.map(|pid| ("server", pid)))?;
     let expected = o.msgs * o.fanout();
     fleet.receive(expected, Some(&mut pusher))?;

@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The uri of every benchmark message.
 pub const BENCH_URI: &str = "/bench";
+/// The uri of the pushes that tell when a route across nodes works (see `pusher::await_route`).
+pub const PROBE_URI: &str = "/bench/probe";
 /// Digits of the send time at the start of a body (Unix nanoseconds, zero-padded).
 const STAMP_DIGITS: usize = 20;
 /// The smallest body that holds the send time.

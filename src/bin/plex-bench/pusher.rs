@@ -1,6 +1,6 @@
 //! The sending side of `push` and `broadcast`, run on the fleet's thread as its driver: one
-//! connection to the server (an inner TCP connection, or the HTTP API with pipelined
-//! requests) carrying benchmark messages round-robin over the users' uids, either flat out
+//! connection to the server (an inner TCP connection in the run's codec, or the HTTP API with
+//! pipelined requests) carrying benchmark messages round-robin over the users' uids, either flat out
 //! within a window of deliveries in flight, stamped with the moment they are written, or at a
 //! fixed rate, stamped with the moment they were due (see `schedule`).
 
@@ -13,10 +13,9 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
 use plex::client::Connection;
-use plex::protocol::message::encode_message;
-use plex::protocol::{ByteOrder, PushRequest, uri};
+use plex::protocol::{ByteOrder, Codec, PushRequest, uri};
 
-use crate::fleet::{DRIVER, Driver};
+use crate::fleet::{DRIVER, Driver, Fleet, STALL};
 use crate::schedule::Schedule;
 use crate::{http, payload};
 
@@ -25,6 +24,8 @@ use crate::{http, payload};
 const OUT_CAP: usize = 64 * 1024;
 /// How long the inner connection's authentication may take.
 const AUTH_WAIT: Duration = Duration::from_secs(5);
+/// How often `await_route` probes.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -70,6 +71,7 @@ pub struct Pusher {
     address: SocketAddr,
     password: String,
     order: ByteOrder,
+    codec: Codec,
     plan: Plan,
     sent: u64,
     /// At a fixed rate: when each message is due, from the first `pump` on.
@@ -83,18 +85,19 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// Connects (and for `InnerTcp` authenticates) to `address` and registers as `DRIVER`.
+    /// Connects (and for `InnerTcp` authenticates, speaking `codec`) to `address` and
+    /// registers as `DRIVER`.
     pub fn connect(
         route: Route,
         address: SocketAddr,
         password: &str,
-        order: ByteOrder,
+        (order, codec): (ByteOrder, Codec),
         plan: Plan,
         registry: &Registry,
     ) -> io::Result<Pusher> {
         let stream = match route {
             Route::InnerTcp => {
-                let mut inner = Connection::connect(address, order)?;
+                let mut inner = Connection::connect(address, order)?.with_codec(codec);
                 if !inner.authenticate_inner(password, AUTH_WAIT)? {
                     return Err(io::Error::new(
                         io::ErrorKind::PermissionDenied,
@@ -126,6 +129,7 @@ impl Pusher {
             address,
             password: password.to_owned(),
             order,
+            codec,
             plan,
             sent: 0,
             schedule: None,
@@ -170,7 +174,9 @@ impl Pusher {
         };
         match self.route {
             Route::InnerTcp => {
-                encode_message(&mut self.out, self.order, 0, uri::SEND_MSG, &push());
+                let order = self.order;
+                self.codec
+                    .write_frame(&mut self.out, order, 0, uri::SEND_MSG, &push());
             }
             Route::HttpPush => {
                 let json = push();
@@ -254,6 +260,52 @@ impl Pusher {
         self.input.drain(..used);
         Ok(())
     }
+}
+
+/// Waits until a push sent through the inner connection at `inner` reaches the last user of
+/// `fleet`: across nodes, presence travels to the other node after authentication, and pushes
+/// sent before it arrives would count as lost. Probes go every `PROBE_EVERY` for up to `STALL`.
+pub fn await_route(
+    fleet: &mut Fleet,
+    inner: SocketAddr,
+    password: &str,
+    (order, codec): (ByteOrder, Codec),
+    users: usize,
+) -> io::Result<()> {
+    let mut conn = Connection::connect(inner, order)?.with_codec(codec);
+    if !conn.authenticate_inner(password, AUTH_WAIT)? {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the server refused the inner password",
+        ));
+    }
+    let probe = PushRequest {
+        uid: payload::uid(users - 1).into(),
+        uri: payload::PROBE_URI.into(),
+        body: "".into(),
+    }
+    .to_json();
+    let start = Instant::now();
+    let mut next = start;
+    while fleet.probes() == 0 {
+        let now = Instant::now();
+        if now - start > STALL {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no push sent through {inner} reached the users in {} s (are the nodes \
+                     one cluster?)",
+                    STALL.as_secs()
+                ),
+            ));
+        }
+        if now >= next {
+            conn.send(uri::SEND_MSG, &probe)?;
+            next = now + PROBE_EVERY;
+        }
+        fleet.turn(Some(PROBE_EVERY / 10), None)?;
+    }
+    Ok(())
 }
 
 impl Driver for Pusher {

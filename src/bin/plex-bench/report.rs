@@ -41,6 +41,8 @@ pub struct Figures {
     pub received: u64,
     /// Deliveries per second, from the first send to the last receive.
     pub rate: f64,
+    /// Mean bytes of the frames that carried them, framing included (TLS records not).
+    pub frame_bytes: Option<f64>,
     pub latency: Option<Latency>,
     /// User connections the other end closed during the run.
     pub closed: usize,
@@ -131,6 +133,7 @@ fn median_figures(runs: &[&Figures]) -> Figures {
         expected: m(|f| f.expected),
         received: m(|f| f.received),
         rate: median(runs.iter().map(|r| r.rate)).unwrap_or(0.0),
+        frame_bytes: median(runs.iter().filter_map(|r| r.frame_bytes)),
         latency: (!latencies.is_empty()).then(|| Latency {
             p50: lat(|l| l.p50),
             p90: lat(|l| l.p90),
@@ -165,18 +168,30 @@ pub fn latency_clock(at_rate: bool) -> &'static str {
 pub fn table_head() -> String {
     line(
         [
-            "run", "side", "msgs/s", "lost", "closed", "p50 ms", "p90 ms", "p99 ms", "p999 ms",
-            "max ms",
+            "run", "side", "msgs/s", "B/frame", "lost", "closed", "p50 ms", "p90 ms", "p99 ms",
+            "p999 ms", "max ms",
         ],
         "cpu",
     )
 }
 
 /// One line of the table: the cells in their columns, then free text.
-fn line(cells: [&str; 10], tail: &str) -> String {
-    let [run, side, rate, lost, closed, p50, p90, p99, p999, max] = cells;
+fn line(cells: [&str; 11], tail: &str) -> String {
+    let [
+        run,
+        side,
+        rate,
+        bytes,
+        lost,
+        closed,
+        p50,
+        p90,
+        p99,
+        p999,
+        max,
+    ] = cells;
     format!(
-        "{run:>6}  {side:<6}  {rate:>9}  {lost:>7}  {closed:>6}  \
+        "{run:>6}  {side:<6}  {rate:>9}  {bytes:>7}  {lost:>7}  {closed:>6}  \
          {p50:>8}  {p90:>8}  {p99:>8}  {p999:>8}  {max:>9}  {tail}"
     )
 }
@@ -218,6 +233,7 @@ fn row(label: &str, side: &str, f: &Figures, fraction: Option<f64>) -> String {
             label,
             side,
             &thousands(f.rate),
+            &f.frame_bytes.map_or("-".to_owned(), |b| format!("{b:.1}")),
             &f.lost().to_string(),
             &f.closed.to_string(),
             &latency(|l| l.p50),
@@ -293,6 +309,7 @@ mod tests {
             expected: 100,
             received: 99,
             rate,
+            frame_bytes: Some(rate / 10.0),
             latency: Some(Latency {
                 p50: 100_000,
                 p90: 200_000,
@@ -322,15 +339,15 @@ mod tests {
             line[..cut].split_whitespace().map(str::to_owned).collect()
         };
         let expect = [
-            "run side msgs/s lost closed p50 ms p90 ms p99 ms p999 ms max ms cpu",
-            "1 limit 1,000 1 0 0.100 0.200 0.000 0.000 0.000",
-            "1 server 900 1 0 0.100 0.200 5.000 10.000 15.000",
-            "2 limit 3,000 1 0 0.100 0.200 0.000 0.000 0.000",
-            "2 server 600 1 0 0.100 0.200 1.000 2.000 3.000",
-            "3 limit 2,000 1 0 0.100 0.200 0.000 0.000 0.000",
-            "3 server 1,400 1 0 0.100 0.200 3.000 6.000 9.000",
-            "median limit 2,000 1 0 0.100 0.200 0.000 0.000 0.000",
-            "median server 900 1 0 0.100 0.200 3.000 6.000 9.000",
+            "run side msgs/s B/frame lost closed p50 ms p90 ms p99 ms p999 ms max ms cpu",
+            "1 limit 1,000 100.0 1 0 0.100 0.200 0.000 0.000 0.000",
+            "1 server 900 90.0 1 0 0.100 0.200 5.000 10.000 15.000",
+            "2 limit 3,000 300.0 1 0 0.100 0.200 0.000 0.000 0.000",
+            "2 server 600 60.0 1 0 0.100 0.200 1.000 2.000 3.000",
+            "3 limit 2,000 200.0 1 0 0.100 0.200 0.000 0.000 0.000",
+            "3 server 1,400 140.0 1 0 0.100 0.200 3.000 6.000 9.000",
+            "median limit 2,000 200.0 1 0 0.100 0.200 0.000 0.000 0.000",
+            "median server 900 90.0 1 0 0.100 0.200 3.000 6.000 9.000",
         ];
         assert_eq!(lines.len(), expect.len());
         for (line, expect) in lines.iter().zip(expect) {

@@ -16,7 +16,7 @@ pub fn run(o: &Options) -> io::Result<()> {
     let duration = Duration::from_secs(o.minutes * 60);
     let churn = o.churn.unwrap_or(o.conns / 100);
     let before = proc::vm_rss_bytes(pid)?;
-    let (mut fleet, _) = Fleet::connect(o.fleet(o.server(), true))?;
+    let (mut fleet, _) = Fleet::connect(o.fleet())?;
     let total = (rate * duration.as_secs_f64()) as u64;
     let mut pusher = o.steady_pusher(rate, total, fleet.registry())?;
     println!(
