@@ -216,3 +216,32 @@ fn inner_push_local_keeps_fanning_back_ends_from_delivering_twice() {
     );
     expect(&mut user, "/http");
 }
+
+#[test]
+fn a_killed_node_leaves_presence_and_the_node_list_with_no_operator_action() {
+    let redis = RedisServer::start();
+    let a = node(&redis);
+    let mut doomed =
+        ChildServer::spawn(&["--redis", &redis.url(), "--node-ttl", "2"], "info", None);
+    let mut user = plex::client::Connection::connect(doomed.addr, plex::protocol::ByteOrder::Big)
+        .expect("connect to the child node");
+    assert!(user.authenticate("k", WAIT).unwrap());
+    wait_cluster_online(&a, "k", 1);
+    let nodes = |n: &TestServer| {
+        http(n, "GET", "/plex/v1/nodes", None).1["nodes"]
+            .as_array()
+            .map(Vec::len)
+    };
+    assert!(wait_until(WAIT, || nodes(&a) == Some(2)), "{:?}", nodes(&a));
+
+    doomed.child.kill().expect("SIGKILL the node");
+    doomed.child.wait().unwrap();
+    // Within NodeTtl (2 s) its record expires: gone from the list and from presence.
+    assert!(wait_until(WAIT, || nodes(&a) == Some(1)), "{:?}", nodes(&a));
+    wait_cluster_online(&a, "k", 0);
+    let push = json!({"uid": "k", "uri": "/gone"});
+    assert_eq!(
+        http(&a, "POST", "/plex/v1/push", Some(push)).1["delivered"],
+        0
+    );
+}

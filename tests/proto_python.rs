@@ -4,6 +4,9 @@
 //! but for groups, which this codec refuses where upb skips them. Inputs are generated with a
 //! fixed seed and sent to one Python process in a batch.
 //!
+//! A Python client built the same way then talks to a running server in protobuf, as a user
+//! and as an inner connection.
+//!
 //! Needs `python3` with the `protobuf` package: `pip install protobuf`.
 
 mod common;
@@ -220,4 +223,96 @@ fn rust_reads_any_bytes_as_python_does_but_refuses_groups() {
         accepted > 200 && refused > 200,
         "{accepted} accepted, {refused} refused"
     );
+}
+
+/// A Python protobuf client of a running server (tests/py/plex_proto.py in client mode).
+struct PythonClient {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PythonClient {
+    fn connect(addr: std::net::SocketAddr) -> Self {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut child = Command::new("python3")
+            .arg(format!("{root}/tests/py/plex_proto.py"))
+            .arg(format!("{root}/proto/plex.proto"))
+            .args(["client", &addr.ip().to_string(), &addr.port().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run python3 with the protobuf package");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        PythonClient {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.stdout, &mut line).expect("python answers");
+        assert!(!line.is_empty(), "the Python client exited");
+        line.trim_end().to_owned()
+    }
+
+    fn send(&mut self, uri: &str, body: &str) {
+        writeln!(
+            self.stdin,
+            "send {} {}",
+            hex(uri.as_bytes()),
+            hex(body.as_bytes())
+        )
+        .unwrap();
+        assert_eq!(self.line(), "sent");
+    }
+
+    /// The next message: uri, body, offset.
+    fn recv(&mut self) -> (String, String, u64) {
+        writeln!(self.stdin, "recv").unwrap();
+        let line = self.line();
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields[0], "msg", "{line}");
+        let text = |h: &str| String::from_utf8(unhex(h)).unwrap();
+        (text(fields[2]), text(fields[3]), fields[4].parse().unwrap())
+    }
+}
+
+impl Drop for PythonClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_python_protobuf_client_authenticates_pushes_and_receives_through_the_server() {
+    use plex::protocol::PushRequest;
+    let server = common::start(plex::Config {
+        history_size: 10,
+        ..common::config()
+    });
+    let mut user = PythonClient::connect(server.addr);
+    user.send("/auth/server", "7");
+    assert_eq!(user.recv().0, "/auth/success");
+    user.send("/heartbeat", "");
+    assert_eq!(user.recv().0, "/heartbeat");
+    // A Python back-end pushes over an inner connection in protobuf; the push request is the
+    // same JSON object as ever, in the body string.
+    let mut backend = PythonClient::connect(server.addr);
+    backend.send("/inner/auth/server", plex::config::DEFAULT_INNER_PASSWORD);
+    assert_eq!(backend.recv().0, "/auth/success");
+    let request = PushRequest {
+        uid: "7".into(),
+        uri: "/news".into(),
+        body: "from python <&>".into(),
+    };
+    backend.send("/logic/send/msg", &request.to_json());
+    assert_eq!(user.recv(), ("/news".into(), "from python <&>".into(), 1));
+    // And a push from the handle reaches it in protobuf too.
+    server.handle.push("7", "/more", "x").unwrap();
+    assert_eq!(user.recv(), ("/more".into(), "x".into(), 2));
 }

@@ -8,8 +8,17 @@ then answers one line per request line on stdin:
 Fields are separated by one space; an empty string is an empty field. GROUPS counts the
 unknown fields of the group wire type that upb skipped.
 
-Usage: python3 plex_proto.py PATH/TO/plex.proto
+With `client HOST PORT`, it is instead a client of a running server speaking protobuf over
+the framed protocol (a 4-byte big-endian length, then the message), one line per command:
+
+    send URI_HEX BODY_HEX  ->  sent
+    recv                   ->  msg SEQ URI_HEX BODY_HEX OFFSET EPOCH_HEX
+
+Usage: python3 plex_proto.py PATH/TO/plex.proto [client HOST PORT]
 """
+
+import socket
+import struct
 
 import re
 import sys
@@ -71,6 +80,9 @@ def main():
     pool.Add(file)
     Message = message_factory.GetMessageClass(pool.FindMessageTypeByName("plex.Message"))
 
+    if sys.argv[2:3] == ["client"]:
+        return client(Message, sys.argv[3], int(sys.argv[4]))
+
     out = []
     for line in sys.stdin:
         request, *args = line.rstrip("\n").split(" ")
@@ -90,6 +102,37 @@ def main():
         else:
             sys.exit(f"unknown request {request!r}")
     sys.stdout.write("".join(line + "\n" for line in out))
+
+
+def client(Message, host, port):
+    conn = socket.create_connection((host, port), timeout=10)
+
+    def read_exact(n):
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                sys.exit("the server closed the connection")
+            data += chunk
+        return data
+
+    for line in sys.stdin:
+        request, *args = line.rstrip("\n").split(" ")
+        if request == "send":
+            uri, body = (bytes.fromhex(a).decode() for a in args)
+            payload = Message(uri=uri, body=body).SerializeToString()
+            conn.sendall(struct.pack(">I", len(payload)) + payload)
+            print("sent", flush=True)
+        elif request == "recv":
+            while True:
+                (length,) = struct.unpack(">I", read_exact(4))
+                if length:  # an empty frame is a keep-alive
+                    break
+            m = Message.FromString(read_exact(length))
+            fields = [m.uri.encode().hex(), m.body.encode().hex(), str(m.offset)]
+            print("msg", m.seq, *fields, m.epoch.encode().hex(), flush=True)
+        else:
+            sys.exit(f"unknown command {request!r}")
 
 
 if __name__ == "__main__":
