@@ -62,6 +62,8 @@ pub fn config(ports: Ports, tls: Option<(String, String)>) -> Config {
         http_bind_address: Ipv4Addr::LOCALHOST.into(),
         tls_cert,
         tls_key,
+        // A page that loses its connection gets what it missed when it is back.
+        history_size: 100,
         ..Config::default()
     }
 }

@@ -156,6 +156,27 @@ fn the_page_reconnects_to_a_restarted_server() {
 }
 
 #[test]
+fn a_page_that_lost_its_connection_resumes_and_gets_what_it_missed() {
+    let _one = one_browser();
+    let server = DemoServer::start(demo::config(ANY_PORTS, None));
+    let mut chromium = Chromium::launch();
+    let page = chromium.open_authenticated(&server.page_url("7"));
+    assert_eq!(server.push("7", "/news", "before"), 1);
+    chromium.wait_text(&page, "messages", "/news before");
+    // The connection drops (the network, as far as the page knows); a push comes meanwhile.
+    chromium.eval(&page, "window.plex._drop(1006, 'test: connection lost')");
+    let gone = common::wait_until(WAIT, || server.online("7") == 0);
+    assert!(gone, "the page's connection never went");
+    assert_eq!(server.push("7", "/news", "while away"), 0);
+    chromium.wait_text(&page, "log", "resumed: nothing was missed");
+    let shown = chromium.wait_text(&page, "messages", "/news while away");
+    assert!(shown.find("before") < shown.find("while away"), "{shown}");
+    assert_eq!(server.push("7", "/news", "after"), 1);
+    chromium.wait_text(&page, "messages", "/news after");
+    server.stop();
+}
+
+#[test]
 fn heartbeats_keep_the_page_connected() {
     let _one = one_browser();
     let config = Config {

@@ -13,7 +13,9 @@
 //
 // It speaks the server's WebSocket transport (README.md, PROTOCOL.md): one JSON message
 // {"seq", "uri", "body"} per text frame. It authenticates with the token, heartbeats,
-// answers nothing else, and reconnects with exponential backoff and jitter.
+// answers nothing else, and reconnects with exponential backoff and jitter. When the server
+// keeps a history (HistorySize), it resumes where it left off: the pushes it missed while
+// away arrive first, and `onState('resumed', {recovered})` says whether any were lost.
 
 /** The uris of the protocol itself; everything else is the application's. */
 const AUTH = '/auth/server';
@@ -31,7 +33,7 @@ const SUBPROTOCOL = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const REFUSED = 'authentication failed';
 
 /**
- * @typedef {'connecting' | 'open' | 'authenticated' | 'closed'} PlexState
+ * @typedef {'connecting' | 'open' | 'authenticated' | 'resumed' | 'closed'} PlexState
  *
  * @typedef {object} PlexOptions
  * @property {string} token The user's token, as the server's auth mode expects it.
@@ -46,7 +48,9 @@ const REFUSED = 'authentication failed';
  *   is served over https (an https page may not open ws://).
  * @property {(uri: string, body: string, seq: number) => void} [onMessage] Each pushed message.
  * @property {(state: PlexState, detail: object) => void} [onState] Each change of state;
- *   `closed` comes with `{code, reason, reconnectIn}`, `reconnectIn` in ms or `null`.
+ *   `closed` comes with `{code, reason, reconnectIn}`, `reconnectIn` in ms or `null`;
+ *   `resumed` (after `authenticated`, on a reconnect to a server that keeps a history) with
+ *   `{recovered, epoch, offset}`: `recovered` false means pushes were lost meanwhile.
  * @property {number} [heartbeatInterval=30000] Milliseconds between heartbeats; keep it well
  *   under the server's `HeartbeatTimeout` (120 s by default).
  * @property {number} [connectTimeout=10000] Milliseconds to look the host up and open the
@@ -93,6 +97,8 @@ export class PlexClient {
     this._running = false;
     this._answered = false; // something arrived since the last heartbeat went out
     this._timers = {};
+    /** The place of the last push received in the uid's history: `{epoch, offset}`. */
+    this.position = null;
   }
 
   /** Starts connecting (and reconnecting as the options say). Returns this client. */
@@ -141,8 +147,9 @@ export class PlexClient {
     if (!current()) return;
     const { token } = this.options;
     // A browser cannot set headers on a WebSocket, so the token travels in the subprotocol
-    // list when its characters allow, and in an /auth/server message otherwise.
-    const inUpgrade = SUBPROTOCOL.test(token);
+    // list when its characters allow, and in an /auth/server message otherwise, which is
+    // also where a resuming client gives its place.
+    const inUpgrade = SUBPROTOCOL.test(token) && !this.position;
     let ws;
     try {
       ws = new WebSocket(url, inUpgrade ? ['plex', `plex.token.${token}`] : ['plex']);
@@ -155,7 +162,7 @@ export class PlexClient {
     ws.onopen = () => {
       clearTimeout(this._timers.connect);
       this._setState('open', { url });
-      if (!inUpgrade) this._write(AUTH, token);
+      if (!inUpgrade) this._write(AUTH, token, this.position ?? {});
     };
     ws.onmessage = (event) => this._receive(event.data);
     ws.onclose = (event) => this._drop(event.code, event.reason || describe(event.code));
@@ -185,13 +192,14 @@ export class PlexClient {
       return;
     }
     this._answered = true;
-    const { uri = '', body = '', seq = 0 } = message ?? {};
+    const { uri = '', body = '', seq = 0, offset, epoch } = message ?? {};
     switch (uri) {
       case AUTH_SUCCESS:
         this._attempt = 0;
         this._setState('authenticated', {});
         this._timers.heartbeat = setInterval(() => this._heartbeat(),
           this.options.heartbeatInterval);
+        if (body) this._resumed(body);
         break;
       case AUTH_FAILED:
         this._drop(1008, REFUSED);
@@ -199,8 +207,22 @@ export class PlexClient {
       case HEARTBEAT:
         break;
       default:
+        if (offset) this.position = { epoch: epoch ?? '', offset };
         this.options.onMessage(uri, body ?? '', seq ?? 0);
     }
+  }
+
+  /** The answer to a resumption: what the server kept of the history since our place. */
+  _resumed(body) {
+    let answer;
+    try {
+      answer = JSON.parse(body);
+    } catch {
+      return;
+    }
+    if (typeof answer?.recovered !== 'boolean') return;
+    const { recovered, epoch, offset } = answer;
+    this._setState('resumed', { recovered, epoch, offset });
   }
 
   /** Sends a heartbeat, unless the last one is still unanswered: then the server (or the
@@ -214,8 +236,8 @@ export class PlexClient {
     this._write(HEARTBEAT, '');
   }
 
-  _write(uri, body) {
-    this._ws.send(JSON.stringify({ seq: Date.now(), uri, body }));
+  _write(uri, body, extra = {}) {
+    this._ws.send(JSON.stringify({ seq: Date.now(), uri, body, ...extra }));
   }
 
   /**

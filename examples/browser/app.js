@@ -25,6 +25,9 @@ const options = {
     let text = state;
     if (state === 'connecting') text += ` (attempt ${detail.attempt})`;
     if (state === 'open') text += ` ${detail.url}`;
+    if (state === 'resumed') {
+      text += detail.recovered ? ': nothing was missed' : ': some pushes were lost meanwhile';
+    }
     if (state === 'closed') {
       text += ` ${detail.code} ${detail.reason}; `
         + (detail.reconnectIn === null ? 'not reconnecting' : `reconnecting in ${detail.reconnectIn} ms`);
@@ -42,6 +45,7 @@ if (params.has('ws')) {
 $('where').textContent = `token ${options.token}, ${options.url ?? `host from ${options.hostUrl}`}`;
 
 const plex = new PlexClient(options).connect();
+window.plex = plex; // for the console (and the browser test)
 
 $('send').addEventListener('submit', (event) => {
   event.preventDefault();
