@@ -930,6 +930,7 @@ fn history_retain_and_other_requests_are_answered_in_request_order() {
     let read = a.send_history("u", 0);
     let then = [3, 4].map(|seq| a.send_retain(&["u"], seq, "x"));
     let again = a.send_history("u", 4);
+    let nobody = a.send_retain(&[], 5, "x");
 
     for (id, offset) in first.into_iter().zip(1..) {
         assert_eq!(a.retained(id).1[0].offset, offset);
@@ -945,6 +946,11 @@ fn history_retain_and_other_requests_are_answered_in_request_order() {
         );
     }
     assert_eq!(a.answer(again).offsets(), [5]);
+    assert_eq!(
+        a.retained(nobody),
+        (0, vec![]),
+        "a push for no uid is kept nowhere"
+    );
 }
 
 #[test]
@@ -1043,6 +1049,26 @@ fn with_redis_down_history_requests_are_unavailable_and_acks_dropped() {
         !a.pending.iter().any(|e| matches!(e, Event::Reply { .. })),
         "an ack is never answered: {:?}",
         a.pending
+    );
+}
+
+#[test]
+fn a_flushed_script_cache_costs_one_refused_run_then_the_script_is_loaded_again() {
+    let redis = RedisServer::start();
+    let [mut a] = nodes_with(&redis, keep(100, LONG));
+    let (epoch, _) = a.retain("u", 1, "x");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut redis.connection())
+        .unwrap();
+    let id = a.send_retain(&["u"], 2, "y");
+    assert!(matches!(a.reply(id), Err(ClusterError::Unavailable(_))));
+    a.wait_down();
+    a.wait_up();
+    assert_eq!(
+        a.retain("u", 3, "z"),
+        (epoch, 2),
+        "the refused push was not kept"
     );
 }
 

@@ -254,6 +254,9 @@ impl Commands {
         let before = unix_ms();
         let time = redis::cmd("TIME").query(conn)?;
         self.clock_offset = clock_offset(before, time);
+        if self.history.is_some() {
+            history::load(conn)?;
+        }
         self.announce()?;
         self.register_all()?;
         self.tick()

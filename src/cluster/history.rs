@@ -9,10 +9,13 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::fmt::Write;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use log::warn;
 use redis::{Connection, Pipeline, RedisResult, Value, from_redis_value};
+use sha1::{Digest, Sha1};
 
 use super::schema::Schema;
 use super::{Event, HistorySettings, Position, Reply, Request, Retained, wire};
@@ -25,6 +28,25 @@ const CHUNK: usize = 1024;
 /// read (or its `ttl`, if longer): a device that comes back after a quiet month still learns
 /// it missed nothing, rather than that its history was lost.
 const RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Puts the script in Redis's cache, where calls name it by its SHA1 rather than send its
+/// text; done on every new connection. Should the cache be flushed under a live connection
+/// (`SCRIPT FLUSH`), the next run fails (`NOSCRIPT`) and the reconnection loads it again.
+pub(super) fn load(conn: &mut Connection) -> RedisResult<()> {
+    redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT).exec(conn)
+}
+
+fn sha() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    SHA.get_or_init(|| {
+        Sha1::digest(SCRIPT)
+            .iter()
+            .fold(String::new(), |mut hex, b| {
+                let _ = write!(hex, "{b:02x}");
+                hex
+            })
+    })
+}
 
 /// Runs `work` (history requests only) after the writes already in `p`, and returns the
 /// replies.
@@ -128,8 +150,8 @@ impl<'a> Chunk<'a> {
         let ttl = settings.ttl.as_millis() as u64;
         let record_ttl = RECORD_TTL.as_millis().max(settings.ttl.as_millis()) as u64;
         let fresh_epoch = format!("{:016x}", rand::random::<u64>());
-        p.cmd("EVAL")
-            .arg(SCRIPT)
+        p.cmd("EVALSHA")
+            .arg(sha())
             .arg(1 + 3 * self.uids.len())
             .arg(&schema.nodes);
         for uid in &self.uids {
