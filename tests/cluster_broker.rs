@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use common::redis::RedisServer;
 use common::{WAIT, wait_until};
 use plex::cluster::{
-    self, Broker, ClusterConfig, ClusterError, Event, Full, NodeInfo, RemotePush, Reply, Request,
+    self, Broker, ClusterConfig, ClusterError, Event, Full, HistorySettings, NodeInfo, Position,
+    RemotePush, Reply, Request, Retained,
 };
 
 /// Rung by a broker's notify callback, waited on by the test.
@@ -211,6 +212,78 @@ impl Node {
         got
     }
 
+    /// Sends a `Retain` of `body` (uri `/h`) without waiting; its id.
+    fn send_retain(&mut self, uids: &[&str], seq: u64, body: &str) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(Request::Retain {
+            id,
+            uids: strings(uids),
+            seq,
+            uri: "/h".into(),
+            body: body.into(),
+        });
+        id
+    }
+
+    fn retained(&mut self, id: u64) -> (u64, Vec<Position>) {
+        match self.reply(id) {
+            Ok(Reply::Retained { remote, positions }) => (remote, positions),
+            other => panic!("{}: retain {id} answered {other:?}", self.id),
+        }
+    }
+
+    /// Retains a push to `uid` alone and returns its position.
+    fn retain(&mut self, uid: &str, seq: u64, body: &str) -> (String, u64) {
+        let id = self.send_retain(&[uid], seq, body);
+        let (_, positions) = self.retained(id);
+        let [Position { epoch, offset, .. }] = &positions[..] else {
+            panic!("{}: one position expected: {positions:?}", self.id);
+        };
+        (epoch.clone(), *offset)
+    }
+
+    fn send_history(&mut self, uid: &str, since: u64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(Request::History {
+            id,
+            uid: uid.into(),
+            since,
+        });
+        id
+    }
+
+    fn answer(&mut self, id: u64) -> History {
+        match self.reply(id) {
+            Ok(Reply::History {
+                epoch,
+                offset,
+                acked,
+                pushes,
+            }) => History {
+                epoch,
+                offset,
+                acked,
+                pushes,
+            },
+            other => panic!("{}: history {id} answered {other:?}", self.id),
+        }
+    }
+
+    fn history(&mut self, uid: &str, since: u64) -> History {
+        let id = self.send_history(uid, since);
+        self.answer(id)
+    }
+
+    fn ack(&self, uid: &str, epoch: &str, offset: u64) {
+        self.send(Request::Ack {
+            uid: uid.into(),
+            epoch: epoch.into(),
+            offset,
+        });
+    }
+
     fn shutdown(&mut self) {
         self.broker.take().expect("node running").shutdown();
     }
@@ -229,7 +302,32 @@ fn push(uids: &[&str], uri: &str, body: &str) -> RemotePush {
         uids: strings(uids),
         uri: uri.into(),
         body: body.into(),
+        seq: None,
+        positions: Vec::new(),
     }
+}
+
+/// A `Reply::History`, as a struct.
+#[derive(Debug)]
+struct History {
+    epoch: String,
+    offset: u64,
+    acked: u64,
+    pushes: Vec<Retained>,
+}
+
+impl History {
+    fn offsets(&self) -> Vec<u64> {
+        self.pushes.iter().map(|p| p.offset).collect()
+    }
+}
+
+/// A ttl no test outlives.
+const LONG: Duration = Duration::from_secs(600);
+
+/// A config change that turns history on.
+fn keep(size: usize, ttl: Duration) -> impl Fn(&mut ClusterConfig) {
+    move |config| config.history = Some(HistorySettings { size, ttl })
 }
 
 fn has(nodes: &[NodeInfo], id: &str) -> bool {
@@ -238,14 +336,19 @@ fn has(nodes: &[NodeInfo], id: &str) -> bool {
 
 /// Nodes started against `redis`, each waited on until `Up`.
 fn nodes<const N: usize>(redis: &RedisServer, ttl: Option<Duration>) -> [Node; N] {
+    nodes_with(redis, |config| {
+        if let Some(ttl) = ttl {
+            config.node_ttl = ttl;
+        }
+    })
+}
+
+fn nodes_with<const N: usize>(
+    redis: &RedisServer,
+    adjust: impl Fn(&mut ClusterConfig),
+) -> [Node; N] {
     let names = ["a", "b", "c"];
-    let mut nodes = std::array::from_fn(|i| {
-        Node::start_with(&redis.url(), names[i], |config| {
-            if let Some(ttl) = ttl {
-                config.node_ttl = ttl;
-            }
-        })
-    });
+    let mut nodes = std::array::from_fn(|i| Node::start_with(&redis.url(), names[i], &adjust));
     nodes.iter_mut().for_each(Node::wait_up);
     nodes
 }
@@ -571,6 +674,418 @@ fn after_redis_restarts_presence_is_back_and_nothing_is_duplicated() {
     }
 }
 
+#[test]
+fn retained_offsets_are_gapless_per_uid_whoever_pushes_and_holders_see_them_in_order() {
+    let redis = RedisServer::start();
+    let [mut a, mut b, mut c] = nodes_with(&redis, keep(10_000, LONG));
+    a.presence("7", 1);
+    c.presence("7", 2);
+    b.wait_online(&["7", "8"], &[3, 0]);
+
+    // a and b push to "7" (held by a and c) and "8" (offline) at once, without waiting.
+    const N: u64 = 2_000;
+    let mut ids = [Vec::new(), Vec::new()];
+    for seq in 0..N {
+        for (node, ids) in [&mut a, &mut b].into_iter().zip(&mut ids) {
+            let body = format!("{} {seq}", node.id);
+            ids.push(node.send_retain(&["7", "8", "7"], seq, &body));
+        }
+    }
+    let mut offsets = [Vec::new(), Vec::new()];
+    let mut epochs = [Vec::new(), Vec::new()];
+    for ((node, remote), ids) in [(&mut a, 2), (&mut b, 3)].into_iter().zip(ids) {
+        let mut last = [0, 0];
+        for id in ids {
+            let (reached, positions) = node.retained(id);
+            assert_eq!(
+                reached, remote,
+                "connections on the other nodes, never this one's"
+            );
+            let uids: Vec<&str> = positions.iter().map(|p| p.uid.as_str()).collect();
+            assert_eq!(
+                uids,
+                ["7", "8"],
+                "once per distinct uid, in the order named"
+            );
+            for (k, p) in positions.into_iter().enumerate() {
+                assert!(
+                    p.offset > last[k],
+                    "{}: offsets go up in request order",
+                    node.id
+                );
+                last[k] = p.offset;
+                offsets[k].push(p.offset);
+                epochs[k].push(p.epoch);
+            }
+        }
+    }
+    for k in 0..2 {
+        offsets[k].sort_unstable();
+        assert!(
+            offsets[k].iter().copied().eq(1..=2 * N),
+            "offsets of uid {k} are not 1..={}",
+            2 * N
+        );
+        epochs[k].dedup();
+        assert_eq!(epochs[k].len(), 1, "one epoch per uid");
+    }
+
+    // Every holder, the sender a included, gets every push to "7" once, in offset order,
+    // with the seq its sender gave it; "8" is named nowhere.
+    let a_id = a.id.clone();
+    for node in [&mut a, &mut c] {
+        let pushes = node.pushes(2 * N as usize);
+        let mut from = [Vec::new(), Vec::new()];
+        for (p, offset) in pushes.iter().zip(1..) {
+            assert_eq!(p.uids, ["7"]);
+            assert_eq!(p.positions, [(epochs[0][0].clone(), offset)], "{}", node.id);
+            let (sender, seq) = p.body.split_once(' ').unwrap();
+            assert_eq!(p.seq, Some(seq.parse().unwrap()));
+            from[usize::from(sender != a_id)].push(p.seq.unwrap());
+        }
+        for seqs in from {
+            assert!(
+                seqs.iter().copied().eq(0..N),
+                "one sender's pushes in its order"
+            );
+        }
+    }
+    b.drain();
+    assert!(
+        !b.pending.iter().any(|e| matches!(e, Event::Deliver(_))),
+        "b holds neither uid: {:?}",
+        b.pending
+    );
+}
+
+#[test]
+fn history_answers_what_followed_since_oldest_first_and_at_most_size() {
+    let redis = RedisServer::start();
+    let [mut a] = nodes_with(&redis, keep(5, LONG));
+    let empty = a.history("u", 0);
+    for offset in 1..=12 {
+        let at = a.retain("u", 100 + offset, &format!("body {offset}"));
+        assert_eq!(at, (empty.epoch.clone(), offset));
+    }
+    let all = a.history("u", 0);
+    assert_eq!((&all.epoch, all.offset, all.acked), (&empty.epoch, 12, 0));
+    let expected: Vec<Retained> = (8..=12)
+        .map(|offset| Retained {
+            offset,
+            seq: 100 + offset,
+            uri: "/h".into(),
+            body: format!("body {offset}"),
+        })
+        .collect();
+    assert_eq!(all.pushes, expected, "the last `size`, oldest first");
+    assert_eq!(a.history("u", 10).offsets(), [11, 12]);
+    assert!(a.history("u", 12).pushes.is_empty());
+    let ahead = a.history("u", 99);
+    assert_eq!((ahead.offset, ahead.offsets()), (12, vec![]));
+
+    // Redis trims the stream too, a listpack node at a time.
+    let ids: Vec<u64> = (13..=400)
+        .map(|seq| a.send_retain(&["u"], seq, "x"))
+        .collect();
+    for id in ids {
+        a.retained(id);
+    }
+    let len: usize = redis::cmd("XLEN")
+        .arg("plex:hs:u")
+        .query(&mut redis.connection())
+        .unwrap();
+    assert!((5..=105).contains(&len), "{len} entries kept");
+    assert_eq!(a.history("u", 0).offsets(), [396, 397, 398, 399, 400]);
+}
+
+#[test]
+fn pushes_older_than_the_ttl_are_not_replayed_but_the_offsets_go_on() {
+    let redis = RedisServer::start();
+    let ttl = Duration::from_secs(1);
+    let [mut a] = nodes_with(&redis, keep(100, ttl));
+    let pushed = Instant::now();
+    let (epoch, _) = a.retain("u", 1, "x");
+    a.retain("u", 2, "y");
+    let fresh = a.history("u", 0);
+    if pushed.elapsed() < ttl {
+        assert_eq!(fresh.offsets(), [1, 2]);
+    }
+
+    let mut last = None;
+    let expired = wait_until(WAIT, || {
+        let h = a.history("u", 0);
+        let empty = h.pushes.is_empty();
+        last = Some(h);
+        empty
+    });
+    assert!(expired, "still replayed: {last:?}");
+    let last = last.unwrap();
+    assert_eq!(
+        (&last.epoch, last.offset),
+        (&epoch, 2),
+        "the record outlives the pushes"
+    );
+    let mut conn = redis.connection();
+    let gone = wait_until(WAIT, || {
+        redis::cmd("EXISTS")
+            .arg("plex:hs:u")
+            .query::<u32>(&mut conn)
+            .unwrap()
+            == 0
+    });
+    assert!(gone, "the stream never expired");
+    let record_ttl: i64 = redis::cmd("PTTL")
+        .arg("plex:hm:u")
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        record_ttl > 29 * 24 * 3600 * 1000,
+        "record ttl {record_ttl} ms"
+    );
+
+    assert_eq!(a.retain("u", 3, "z"), (epoch, 3));
+}
+
+#[test]
+fn a_uid_gets_a_new_epoch_whenever_its_history_is_lost() {
+    let redis = RedisServer::start();
+    let [mut a] = nodes_with(&redis, keep(100, LONG));
+    let mut conn = redis.connection();
+    let mut del = |keys: &[&str]| {
+        let _: u32 = redis::cmd("DEL").arg(keys).query(&mut conn).unwrap();
+    };
+
+    // Made by the first read: a device that connects before any push has an epoch to keep.
+    let first = a.history("u", 0);
+    assert_eq!((first.offset, first.acked, first.offsets()), (0, 0, vec![]));
+    assert_eq!(a.retain("u", 1, "x"), (first.epoch.clone(), 1));
+
+    del(&["plex:hm:u", "plex:hs:u"]);
+    let second = a.history("u", 1);
+    assert_ne!(second.epoch, first.epoch);
+    assert_eq!((second.offset, second.offsets()), (0, vec![]));
+    assert_eq!(a.retain("u", 2, "y"), (second.epoch.clone(), 1));
+    assert_eq!(a.retain("u", 3, "z"), (second.epoch.clone(), 2));
+
+    // The record alone lost: the stream it leaves belongs to the old epoch and goes too.
+    del(&["plex:hm:u"]);
+    let (third, offset) = a.retain("u", 4, "w");
+    assert_eq!(offset, 1);
+    assert!(![&first.epoch, &second.epoch].contains(&&third));
+    let h = a.history("u", 0);
+    assert_eq!((&h.epoch, h.offset, h.offsets()), (&third, 1, vec![1]));
+    assert_eq!(h.pushes[0].body, "w");
+
+    // Redis losing everything.
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut redis.connection())
+        .unwrap();
+    let fourth = a.history("u", 1);
+    assert!(![&first.epoch, &second.epoch, &third].contains(&&fourth.epoch));
+    assert_eq!((fourth.offset, fourth.offsets()), (0, vec![]));
+}
+
+#[test]
+fn acks_keep_the_highest_offset_acknowledged_in_the_current_epoch() {
+    let redis = RedisServer::start();
+    let [mut a] = nodes_with(&redis, keep(100, LONG));
+    for seq in 1..=5 {
+        a.retain("u", seq, "x");
+    }
+    let epoch = a.history("u", 0).epoch;
+    let acked = |a: &mut Node| a.history("u", 5).acked;
+    a.ack("u", &epoch, 3);
+    assert_eq!(acked(&mut a), 3);
+    a.ack("u", &epoch, 2);
+    assert_eq!(acked(&mut a), 3, "never lowered");
+    a.ack("u", "another epoch", 4);
+    assert_eq!(acked(&mut a), 3, "an ack of another epoch is ignored");
+    a.ack("u", &epoch, 99);
+    assert_eq!(acked(&mut a), 5, "capped at the offset");
+
+    a.ack("nobody", &epoch, 1);
+    a.history("u", 0); // answered after the ack ran
+    let exists: u32 = redis::cmd("EXISTS")
+        .arg("plex:hm:nobody")
+        .query(&mut redis.connection())
+        .unwrap();
+    assert_eq!(exists, 0, "an ack makes no history");
+}
+
+#[test]
+fn history_retain_and_other_requests_are_answered_in_request_order() {
+    let redis = RedisServer::start();
+    let [mut a, b] = nodes_with(&redis, keep(100, LONG));
+    b.presence("u", 1);
+    a.wait_online(&["u"], &[1]);
+
+    // All sent before any is answered: one batch, in runs of history and plain requests.
+    let first = [0, 1, 2].map(|seq| a.send_retain(&["u"], seq, "x"));
+    let online = a.next_id;
+    a.next_id += 1;
+    a.send(Request::Online {
+        id: online,
+        uids: strings(&["u"]),
+    });
+    let read = a.send_history("u", 0);
+    let then = [3, 4].map(|seq| a.send_retain(&["u"], seq, "x"));
+    let again = a.send_history("u", 4);
+    let nobody = a.send_retain(&[], 5, "x");
+
+    for (id, offset) in first.into_iter().zip(1..) {
+        assert_eq!(a.retained(id).1[0].offset, offset);
+    }
+    assert_eq!(a.reply(online), Ok(Reply::Online(vec![1])));
+    let h = a.answer(read);
+    assert_eq!((h.offset, h.offsets()), (3, vec![1, 2, 3]));
+    for (id, offset) in then.into_iter().zip(4..) {
+        assert_eq!(
+            a.retained(id).1[0].offset,
+            offset,
+            "after the read: above its offset"
+        );
+    }
+    assert_eq!(a.answer(again).offsets(), [5]);
+    assert_eq!(
+        a.retained(nobody),
+        (0, vec![]),
+        "a push for no uid is kept nowhere"
+    );
+}
+
+#[test]
+fn a_node_resuming_a_uid_mid_stream_gets_every_push_across_the_seam() {
+    let redis = RedisServer::start();
+    let [a, mut b] = nodes_with(&redis, keep(100_000, LONG));
+    // a pushes to "7" flat out until told to stop, then once more, and says how many it sent.
+    let stop = Arc::new(AtomicBool::new(false));
+    let told = stop.clone();
+    let sender = std::thread::spawn(move || {
+        let mut a = a;
+        let mut ids = Vec::new();
+        loop {
+            let last = told.load(Ordering::Acquire);
+            let seq = ids.len() as u64;
+            let mut request = Request::Retain {
+                id: seq,
+                uids: strings(&["7"]),
+                seq,
+                uri: "/h".into(),
+                body: seq.to_string(),
+            };
+            while let Err(Full(back)) = a.broker().send(request) {
+                request = back;
+                std::thread::yield_now();
+            }
+            ids.push(seq);
+            if last {
+                break;
+            }
+        }
+        for &id in &ids {
+            a.retained(id);
+        }
+        ids.len() as u64
+    });
+
+    // Mid-stream, the uid comes online on b, which then asks what it missed.
+    assert!(wait_until(WAIT, || b.history("7", 0).offset >= 500));
+    b.presence("7", 1);
+    let h = b.history("7", 0);
+    stop.store(true, Ordering::Release);
+    let n = sender.join().unwrap();
+    assert!(
+        h.offsets().into_iter().eq(1..=h.offset),
+        "{:?}",
+        h.offsets()
+    );
+    assert!(h.offset < n, "a's last push was sent after the answer");
+
+    let mut live = Vec::new();
+    while live.last() != Some(&n) {
+        let pushes = b.wait_for("pushes to 7", |e| match e {
+            Event::Deliver(p) => Some(p.clone()),
+            _ => None,
+        });
+        live.extend(pushes.iter().map(|p| p.positions[0].1));
+    }
+    let after: Vec<u64> = live.iter().copied().filter(|&o| o > h.offset).collect();
+    assert!(
+        after.iter().copied().eq(h.offset + 1..=n),
+        "live pushes after the answer's offset {}: {after:?}",
+        h.offset
+    );
+    println!(
+        "history answered up to {} of {n}; {} live pushes at or below it (dropped by offset)",
+        h.offset,
+        live.len() - after.len()
+    );
+}
+
+#[test]
+fn with_redis_down_history_requests_are_unavailable_and_acks_dropped() {
+    let mut redis = RedisServer::start();
+    let [mut a] = nodes_with(&redis, keep(100, LONG));
+    let (before, _) = a.retain("u", 1, "x");
+
+    redis.stop();
+    a.wait_down();
+    let id = a.send_retain(&["u"], 2, "y");
+    assert!(matches!(a.reply(id), Err(ClusterError::Unavailable(_))));
+    let id = a.send_history("u", 0);
+    assert!(matches!(a.reply(id), Err(ClusterError::Unavailable(_))));
+    a.ack("u", &before, 1);
+
+    redis.restart();
+    a.wait_up();
+    let after = a.history("u", 0);
+    assert_ne!(
+        after.epoch, before,
+        "Redis came back empty: the history is lost, and says so"
+    );
+    assert_eq!((after.offset, after.offsets()), (0, vec![]));
+    a.drain();
+    assert!(
+        !a.pending.iter().any(|e| matches!(e, Event::Reply { .. })),
+        "an ack is never answered: {:?}",
+        a.pending
+    );
+}
+
+#[test]
+fn a_flushed_script_cache_costs_one_refused_run_then_the_script_is_loaded_again() {
+    let redis = RedisServer::start();
+    let [mut a] = nodes_with(&redis, keep(100, LONG));
+    let (epoch, _) = a.retain("u", 1, "x");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut redis.connection())
+        .unwrap();
+    let id = a.send_retain(&["u"], 2, "y");
+    assert!(matches!(a.reply(id), Err(ClusterError::Unavailable(_))));
+    a.wait_down();
+    a.wait_up();
+    assert_eq!(
+        a.retain("u", 3, "z"),
+        (epoch, 2),
+        "the refused push was not kept"
+    );
+}
+
+#[test]
+fn without_history_in_the_config_history_requests_are_refused() {
+    let redis = RedisServer::start();
+    let [mut a] = nodes(&redis, None);
+    let id = a.send_retain(&["u"], 1, "x");
+    let Err(ClusterError::Unavailable(reason)) = a.reply(id) else {
+        panic!("a retain without history was not refused");
+    };
+    assert!(reason.contains("history"), "{reason}");
+    let id = a.send_history("u", 0);
+    assert!(matches!(a.reply(id), Err(ClusterError::Unavailable(_))));
+    assert_eq!(a.route(&["u"], "/x", "x"), Ok(Reply::Routed { remote: 0 }));
+}
+
 /// A TCP proxy in front of Redis that can silence the subscriptions passing through it: what
 /// Redis sends them is dropped while the connections stay open, as when a failover leaves a
 /// client subscribed on a server nobody publishes to any more.
@@ -689,9 +1204,37 @@ fn a_silent_subscription_is_caught_by_the_probe_and_renewed() {
 #[test]
 #[ignore = "a measurement, run by hand"]
 fn throughput_broker_to_broker() {
+    measure(None, |id, uid, body| Request::Route {
+        id,
+        uids: vec![uid],
+        uri: "/bench".into(),
+        body,
+    });
+}
+
+/// The same with history: each push kept in its uid's history (offset, stream, ttls) by the
+/// script that publishes it.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn throughput_of_retained_pushes_broker_to_broker() {
+    let settings = HistorySettings {
+        size: 100,
+        ttl: Duration::from_secs(300),
+    };
+    measure(Some(settings), |id, uid, body| Request::Retain {
+        id,
+        uids: vec![uid],
+        seq: id,
+        uri: "/bench".into(),
+        body,
+    });
+}
+
+/// Runs the three rounds with requests `make(id, uid, body)`, the body being the send time.
+fn measure(history: Option<HistorySettings>, make: impl Fn(u64, String, String) -> Request) {
     const UIDS: usize = 10_000;
     let redis = RedisServer::start();
-    let [mut a, b] = nodes(&redis, None);
+    let [mut a, b] = nodes_with(&redis, |config| config.history = history);
     let uids: Vec<String> = (0..UIDS).map(|i| format!("user-{i}")).collect();
     for uid in &uids {
         b.presence(uid, 1);
@@ -734,12 +1277,8 @@ fn throughput_broker_to_broker() {
                     std::thread::sleep(wait);
                 }
             }
-            let mut request = Request::Route {
-                id: i as u64,
-                uids: vec![uids[i % UIDS].clone()],
-                uri: "/bench".into(),
-                body: epoch.elapsed().as_nanos().to_string(),
-            };
+            let body = epoch.elapsed().as_nanos().to_string();
+            let mut request = make(i as u64, uids[i % UIDS].clone(), body);
             while let Err(Full(back)) = a.broker().send(request) {
                 request = back;
                 a.drain();

@@ -1,5 +1,6 @@
 //! The command thread. It owns the command connection; drains the request queue in batches
-//! (presence and load absorbed, the rest run by [`batch`]); every `node_ttl / 3`
+//! (presence and load absorbed, the rest run in request order: history requests by
+//! [`history`], the others by [`batch`]); every `node_ttl / 3`
 //! re-announces the node; every second syncs with Redis's clock, reads the node list,
 //! publishes the subscription probe and sweeps a slice of presence; and when Redis fails it
 //! answers `Unavailable` at once while reconnecting with backoff, then re-registers everything.
@@ -14,7 +15,10 @@ use redis::{Client, Connection, RedisError, RedisResult};
 use super::presence::Presence;
 use super::schema::{SWEEP_TTLS, Schema};
 use super::shared::Shared;
-use super::{ClusterConfig, ClusterError, Event, NodeInfo, Request, batch, unix_ms, wire};
+use super::{
+    ClusterConfig, ClusterError, Event, HistorySettings, NodeInfo, Request, batch, history,
+    unix_ms, wire,
+};
 use crate::client::Backoff;
 
 /// Most requests taken into one batch.
@@ -31,6 +35,7 @@ pub(super) struct Commands {
     requests: Receiver<Request>,
     client: Client,
     schema: Schema,
+    history: Option<HistorySettings>,
     timeout: Duration,
     node_ttl: Duration,
     record: NodeInfo,
@@ -61,6 +66,7 @@ impl Commands {
             requests,
             client,
             schema,
+            history: config.history,
             timeout: config.timeout,
             node_ttl: config.node_ttl,
             record: NodeInfo {
@@ -123,6 +129,12 @@ impl Commands {
                     self.record.users = users;
                     self.load_changed = true;
                 }
+                history if history.is_history() && self.history.is_none() => {
+                    self.refuse(
+                        &[history],
+                        "history is not enabled in this cluster's config",
+                    );
+                }
                 other => work.push(other),
             }
             if taken == MAX_BATCH || bytes >= MAX_BATCH_BYTES {
@@ -132,13 +144,14 @@ impl Commands {
         }
     }
 
-    /// Writes the pending presence and load changes and runs `work`, in one batch.
+    /// Writes the pending presence and load changes, then runs `work` in runs of history
+    /// requests and of the others, in request order; the writes go with the first run.
     fn execute(&mut self, work: &[Request]) {
         let now = self.now_ms();
-        let Some(conn) = self.conn.as_mut() else {
-            self.refuse(work);
+        if self.conn.is_none() {
+            self.refuse(work, &self.down);
             return;
-        };
+        }
         let mut p = redis::pipe();
         for (uid, connections) in self.presence.dirty() {
             self.schema.presence(&mut p, uid, connections);
@@ -147,25 +160,44 @@ impl Commands {
             self.record.updated = now as u64;
             self.schema.record(&mut p, &record_json(&self.record));
         }
-        match batch::run(conn, &self.schema, now, p, work) {
-            Ok(replies) => {
-                self.presence.written();
-                self.load_changed = false;
-                self.shared.emit(replies);
+        let mut runs = work.chunk_by(|a, b| a.is_history() == b.is_history());
+        let (mut run, mut done) = (runs.next().unwrap_or_default(), 0);
+        loop {
+            let conn = self.conn.as_mut().expect("connected");
+            let result = match (run.first(), &self.history) {
+                (Some(first), Some(settings)) if first.is_history() => {
+                    history::run(conn, &self.schema, settings, p, run)
+                }
+                _ => batch::run(conn, &self.schema, now, p, run),
+            };
+            match result {
+                Ok(replies) => {
+                    self.presence.written();
+                    self.load_changed = false;
+                    self.shared.emit(replies);
+                }
+                Err(e) => {
+                    self.lost(e);
+                    self.refuse(&work[done..], &self.down);
+                    return;
+                }
             }
-            Err(e) => {
-                self.lost(e);
-                self.refuse(work);
+            done += run.len();
+            match runs.next() {
+                Some(next) => (run, p) = (next, redis::pipe()),
+                None => return,
             }
         }
     }
 
-    /// Answers what needed Redis with why it cannot be had; broadcasts are dropped.
-    fn refuse(&self, work: &[Request]) {
-        let unavailable = || Err(ClusterError::Unavailable(self.down.clone()));
+    /// Answers what needed Redis with why it cannot be had; broadcasts and acks are dropped.
+    fn refuse(&self, work: &[Request], reason: &str) {
+        let unavailable = || Err(ClusterError::Unavailable(reason.to_string()));
         self.shared
             .emit(work.iter().filter_map(|request| match request {
                 Request::Route { id, .. }
+                | Request::Retain { id, .. }
+                | Request::History { id, .. }
                 | Request::Kick { id, .. }
                 | Request::Online { id, .. } => Some(Event::Reply {
                     id: *id,
@@ -222,6 +254,9 @@ impl Commands {
         let before = unix_ms();
         let time = redis::cmd("TIME").query(conn)?;
         self.clock_offset = clock_offset(before, time);
+        if self.history.is_some() {
+            history::load(conn)?;
+        }
         self.announce()?;
         self.register_all()?;
         self.tick()

@@ -28,14 +28,15 @@
 //!   (a `Route` reply counts only nodes with a subscriber when Redis took the message).
 //! - **Order per sender → receiver.** Pushes and kicks one node sends to another arrive in the
 //!   order its reactor sent the requests: one connection publishes them, batch after batch.
-//!   Nothing is promised across different senders, nor between broadcasts and pushes.
+//!   Nothing is promised across different senders (but see offline history: retained pushes
+//!   arrive in offset order per uid), nor between broadcasts and pushes.
 //! - **Never blocking the reactor.** [`Broker::send`] is a `try_send` on a bounded queue and
 //!   gives the request back in [`Full`] when the broker cannot keep up.
 //! - **While Redis is down** (or answers slower than [`ClusterConfig::timeout`]; the command
 //!   connection is used at least every second, so this shows within about a second plus the
-//!   timeout): [`Event::Down`] is reported once; `Route`, `Kick` and `Online` are answered
-//!   [`ClusterError::Unavailable`] at once; broadcasts are dropped; pushes other nodes publish
-//!   meanwhile are lost. `Presence` and `Load` are kept locally: after reconnecting (capped
+//!   timeout): [`Event::Down`] is reported once; `Route`, `Retain`, `History`, `Kick` and
+//!   `Online` are answered [`ClusterError::Unavailable`] at once; broadcasts and acks are
+//!   dropped; pushes other nodes publish meanwhile are lost. `Presence` and `Load` are kept locally: after reconnecting (capped
 //!   exponential backoff with jitter) the broker re-announces the node, re-registers every uid
 //!   it holds, resubscribes, and only then reports [`Event::Up`]. A subscription that goes
 //!   silent without closing (a failover) is caught by a probe: the command thread publishes a
@@ -56,6 +57,8 @@
 //! | `plex:n:{id}` | channel | pushes and kicks for uids held by the node, and its own probes |
 //! | `plex:broadcast` | channel | broadcasts, tagged with their sender, which ignores its own |
 //!
+//! and, with history, the two keys per uid below.
+//!
 //! Readers count only fields of live nodes (the live set is read in the same pipeline as the
 //! hashes), and remove fields of dead nodes on the way, atomically in a small Lua script so a
 //! node that comes back from a stall cannot lose the fields it rewrites. Each node rewrites
@@ -67,19 +70,55 @@
 //! Messages on the channels use a compact binary encoding (`wire`): a batch tag, then
 //! entries, each a tag and length-prefixed strings.
 //!
-//! # Next: offline history
+//! # Offline history
 //!
-//! Pushes will need a per-uid offset assigned atomically with the publish (a Lua script that
-//! `XADD`s to a per-uid stream with `MAXLEN`, `INCR`s the offset and keeps an epoch, as
-//! Centrifugo's broker does), for every uid named, online or not. The shape leaves room for
-//! it: `Request::Route` can grow an "assign offsets" flag; the second round trip of a batch,
-//! which already knows each push's destinations, becomes one script call that appends every
-//! such push to its uids' streams and publishes the per-node batches with the offsets it
-//! assigned, so no receiver can see offset n+1 before n; and the wire format takes a new
-//! entry tag for a push with its offsets (`Event::Deliver` would carry them).
+//! With [`ClusterConfig::history`] set, [`Request::Retain`] keeps every push in the history of
+//! each uid it names, online or not, under the uid's next *offset* (1, 2, … per uid) and its
+//! *epoch* (a random string, made when the uid has no record: first use, keys expired or
+//! deleted, Redis lost its data; the stream a new epoch starts with is empty). One Lua script
+//! (`history.rs`, `history.lua`) assigns the offsets, appends to the streams, reads who holds
+//! the uids and publishes to them, atomically, for a chunk of requests at a time. Hence:
+//!
+//! - **Offsets are unique and gapless per uid**, whichever nodes push: 1..N, no repeats.
+//! - **Every node sees a uid's pushes in offset order**, this one included: a `Retain` is
+//!   published to every node that holds one of its uids *this node too*, and a node takes
+//!   pushes from one subscription. The reactor delivers a retained push to its own connections
+//!   from [`Event::Deliver`], not from the reply (which may overtake or trail pushes other
+//!   nodes published meanwhile, as it comes on another connection). [`Reply::Retained`] says
+//!   where the push went, for the caller.
+//! - **No gap at the seam.** `Retain`, `History` and `Ack` run in request order on the one
+//!   command connection, after the presence changes queued before them. So if the reactor
+//!   sends `Presence` (the uid is here) and then `History { since }`: every push routed from
+//!   any node before that history read is in its answer (unless trimmed by `size` or older
+//!   than `ttl`), and every push after it has a larger offset and is published to this node.
+//!   The answer and those pushes come through different threads in either order: until the
+//!   answer is in, the reactor holds the uid's live pushes for the resuming connection, then
+//!   sends the answer's pushes, then the held ones above the answer's `offset`.
+//! - **Recovery is complete** when `since == offset` (nothing missed), or when the first push
+//!   answered has offset `since + 1`. Otherwise pushes were trimmed or expired; a `since`
+//!   above `offset`, or an epoch other than the client's, means the client's history is gone.
+//! - **`size` and `ttl` are exact for readers**: an answer holds at most the last `size`
+//!   offsets and no push older than `ttl` (Redis's clock). Streams are trimmed with `MAXLEN ~`
+//!   (whole nodes, cheap), so Redis may hold up to about a hundred entries more per uid; a
+//!   stream expires `ttl` after its last push. The record (epoch, offset, acked) lives 30 days
+//!   (or `ttl`, if longer) after the uid's last push or history read.
+//! - **While Redis is down**, `Retain` and `History` are answered `Unavailable` (the push was
+//!   neither kept nor sent anywhere: the reactor may deliver it locally without a position),
+//!   and `Ack`s are dropped. If Redis comes back empty, every uid gets a new epoch. Retained
+//!   pushes published while a node's subscription was down (between its `Down` and `Up`) are
+//!   not delivered there but are in the history: the gap shows in the offsets.
+//!
+//! A batch whose requests mix history requests and others runs them in runs of each, in
+//! request order, each run in its own round trip: the order per sender → receiver holds.
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `plex:hm:{uid}` | HASH, `PX` 30 days | `e` epoch, `o` last offset, `a` acked offset |
+//! | `plex:hs:{uid}` | STREAM, `PX ttl` | id = offset; `t` Redis ms when kept, `p` seq, uri and body (`wire`) |
 
 mod batch;
 mod commands;
+mod history;
 mod presence;
 mod schema;
 mod shared;
@@ -118,6 +157,19 @@ pub struct ClusterConfig {
     pub queue: usize,
     /// Prefix of every key and channel, so clusters can share a Redis (pub/sub ignores the db).
     pub prefix: String,
+    /// Offline history in Redis: `None` (the default) refuses [`Request::Retain`],
+    /// [`Request::History`] and [`Request::Ack`].
+    pub history: Option<HistorySettings>,
+}
+
+/// How much of each uid's history Redis keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistorySettings {
+    /// Pushes kept per uid (at least 1): a `History` answer holds at most the last `size`.
+    pub size: usize,
+    /// A push older than this is never replayed; a uid's pushes leave Redis this long after
+    /// its last push. Its epoch, offset and acked offset stay longer (see the module docs).
+    pub ttl: Duration,
 }
 
 impl ClusterConfig {
@@ -132,6 +184,7 @@ impl ClusterConfig {
             timeout: Duration::from_secs(1),
             queue: 32_768,
             prefix: "plex".into(),
+            history: None,
         }
     }
 }
@@ -152,6 +205,28 @@ pub enum Request {
         uri: String,
         body: String,
     },
+    /// A push kept in each uid's history, online or not, and sent to every node that holds
+    /// one of the uids, this one included: each distinct uid gets its next offset, atomically
+    /// with the publish. Answered with [`Reply::Retained`]. Needs [`ClusterConfig::history`].
+    Retain {
+        id: u64,
+        uids: Vec<String>,
+        /// The push's seq, assigned by this node: deliveries elsewhere and replays carry it.
+        seq: u64,
+        uri: String,
+        body: String,
+    },
+    /// The uid's retained pushes with an offset above `since`; answered with
+    /// [`Reply::History`]. Creates the uid's epoch (offset 0) if it has none.
+    History { id: u64, uid: String, since: u64 },
+    /// A device of `uid` acknowledged everything up to `offset` of `epoch`: the uid's acked
+    /// offset becomes the larger of the two (capped at its offset), unless `epoch` is not the
+    /// uid's current one. No answer; dropped while Redis is down.
+    Ack {
+        uid: String,
+        epoch: String,
+        offset: u64,
+    },
     /// A push for every user of every other node, on one channel.
     Broadcast { uri: String, body: String },
     /// Closes the uid's connections on the other nodes; answered with [`Reply::Kicked`].
@@ -166,13 +241,26 @@ impl Request {
         match self {
             Request::Route {
                 uids, uri, body, ..
+            }
+            | Request::Retain {
+                uids, uri, body, ..
             } => uids.iter().map(String::len).sum::<usize>() + uri.len() + body.len(),
             Request::Broadcast { uri, body } => uri.len() + body.len(),
-            Request::Kick { uid, .. } => uid.len(),
+            Request::Kick { uid, .. } | Request::History { uid, .. } | Request::Ack { uid, .. } => {
+                uid.len()
+            }
             Request::Online { uids, .. } => uids.iter().map(String::len).sum(),
             Request::Presence { uid, .. } => uid.len(),
             Request::Load { .. } => 0,
         }
+    }
+
+    /// Runs through the history script rather than the plain batch.
+    fn is_history(&self) -> bool {
+        matches!(
+            self,
+            Request::Retain { .. } | Request::History { .. } | Request::Ack { .. }
+        )
     }
 }
 
@@ -189,7 +277,7 @@ pub enum Event {
     Broadcast { uri: String, body: String },
     /// Another node asks to close the uid's local connections.
     Kick { uid: String },
-    /// The answer to a `Route`, `Kick` or `Online` request with this id.
+    /// The answer to a `Route`, `Retain`, `History`, `Kick` or `Online` request with this id.
     Reply {
         id: u64,
         result: Result<Reply, ClusterError>,
@@ -202,12 +290,17 @@ pub enum Event {
     Down(String),
 }
 
-/// A push from another node: the local uids it is for.
+/// A push from another node (or from this one, for a `Retain`): the local uids it is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemotePush {
     pub uids: Vec<String>,
     pub uri: String,
     pub body: String,
+    /// The seq the sending node gave a retained push; `None` for a `Route`.
+    pub seq: Option<u64>,
+    /// (epoch, offset) of a retained push in each uid's history, aligned with `uids`; empty
+    /// for a `Route`.
+    pub positions: Vec<(String, u64)>,
 }
 
 /// A successful answer.
@@ -215,10 +308,43 @@ pub struct RemotePush {
 pub enum Reply {
     /// Connections on other nodes the push went to.
     Routed { remote: u64 },
+    /// Connections on other nodes a retained push went to, and where it sits in the history
+    /// of each uid named (once per distinct uid, in the order first named).
+    Retained {
+        remote: u64,
+        positions: Vec<Position>,
+    },
+    /// A uid's history: its epoch, its last offset, its acked offset, and its retained
+    /// pushes with an offset above the `since` asked, oldest first (at most
+    /// [`HistorySettings::size`], none older than its `ttl`).
+    History {
+        epoch: String,
+        offset: u64,
+        acked: u64,
+        pushes: Vec<Retained>,
+    },
     /// Connections on other nodes asked to close.
     Kicked { remote: u64 },
     /// Connections on other live nodes, per uid in the order asked.
     Online(Vec<u64>),
+}
+
+/// Where a retained push sits in one uid's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub uid: String,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// A push as a uid's history keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retained {
+    pub offset: u64,
+    /// The seq the sending node gave it.
+    pub seq: u64,
+    pub uri: String,
+    pub body: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,6 +397,13 @@ pub fn start(config: ClusterConfig, notify: Box<dyn Fn() + Send + Sync>) -> io::
     if config.node_id.is_empty() || config.node_ttl.is_zero() || config.timeout.is_zero() {
         return Err(invalid(
             "cluster: node_id, node_ttl and timeout must be set".into(),
+        ));
+    }
+    if let Some(h) = &config.history
+        && (h.size == 0 || h.ttl.as_millis() == 0)
+    {
+        return Err(invalid(
+            "cluster: history size and ttl must be at least 1 (and 1 ms)".into(),
         ));
     }
     let (requests, queue) = mpsc::sync_channel(config.queue.max(1));

@@ -24,7 +24,7 @@ pub(super) const SWEEP_TTLS: u32 = 20;
 pub(super) struct Schema {
     prefix: String,
     pub node_id: String,
-    nodes: String,
+    pub nodes: String,
     node: String,
     pub own_channel: String,
     pub broadcast_channel: String,
@@ -48,12 +48,28 @@ impl Schema {
         }
     }
 
-    fn user_key(&self, uid: &str) -> String {
+    /// The uid's presence hash: node id → connections there.
+    pub fn user_key(&self, uid: &str) -> String {
         format!("{}:u:{uid}", self.prefix)
     }
 
+    /// The uid's history record: epoch `e`, last offset `o`, acked offset `a`.
+    pub fn history_meta(&self, uid: &str) -> String {
+        format!("{}:hm:{uid}", self.prefix)
+    }
+
+    /// The uid's retained pushes: entry id = offset, fields `t` (ms) and `p` (the tail).
+    pub fn history_stream(&self, uid: &str) -> String {
+        format!("{}:hs:{uid}", self.prefix)
+    }
+
     pub fn channel(&self, node_id: &str) -> String {
-        format!("{}:n:{node_id}", self.prefix)
+        format!("{}{node_id}", self.channel_prefix())
+    }
+
+    /// What a node's id follows in its channel's name.
+    pub fn channel_prefix(&self) -> String {
+        format!("{}:n:", self.prefix)
     }
 
     /// Writes this node's record with its expiry and trims nodes that expired. The reply is

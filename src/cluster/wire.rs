@@ -1,8 +1,12 @@
 //! The bytes on the cluster's channels. A node channel carries either a probe (`?`) or a batch
-//! (`b` then entries: `p` push = uid count, uids, uri, body; `k` kick = uid); the broadcast
-//! channel carries `c`, sender, uri, body. Counts and string lengths are LEB128 varints, so a
-//! push costs its bytes plus a few: no escaping, no field names. New entry tags (a push with
-//! history offsets) can be added without touching the others.
+//! (`b` then entries: `p` push = uid count, uids, uri, body; `k` kick = uid; `r` retained push
+//! = uid count, then uid, epoch, offset per uid, then the push's *tail*: seq, uri, body); the
+//! broadcast channel carries `c`, sender, uri, body. Counts, numbers and string lengths are
+//! LEB128 varints, so a push costs its bytes plus a few: no escaping, no field names.
+//!
+//! `r` entries are written by the history script in Redis (`history.rs`), which splices the
+//! positions it assigns between strings encoded here; a uid's history keeps each push as its
+//! tail, so a replay decodes with the same code.
 
 use super::{Event, RemotePush};
 
@@ -11,6 +15,7 @@ pub(super) const PROBE: &[u8] = b"?";
 const BATCH: u8 = b'b';
 const PUSH: u8 = b'p';
 const KICK: u8 = b'k';
+const RETAINED: u8 = b'r';
 const BROADCAST: u8 = b'c';
 
 /// The pushes and kicks of one batch for one node, encoded as they are added.
@@ -51,6 +56,33 @@ impl Batch {
 
     pub fn bytes(&self) -> &[u8] {
         &self.0
+    }
+}
+
+/// A retained push's tail: seq, uri, body.
+pub(super) fn tail(seq: u64, uri: &str, body: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 * 5 + uri.len() + body.len());
+    put_u64(&mut out, seq);
+    put_str(&mut out, uri);
+    put_str(&mut out, body);
+    out
+}
+
+/// A string as the entries carry it: its length, then its bytes.
+pub(super) fn string(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + s.len());
+    put_str(&mut out, s);
+    out
+}
+
+/// The seq, uri and body of a tail.
+pub(super) fn decode_tail(bytes: &[u8]) -> Result<(u64, String, String), Malformed> {
+    let mut r = Reader(bytes);
+    let decoded = r.tail()?;
+    if r.0.is_empty() {
+        Ok(decoded)
+    } else {
+        Err(Malformed)
     }
 }
 
@@ -99,6 +131,29 @@ pub(super) fn decode_node(bytes: &[u8]) -> Result<NodeMessage, Malformed> {
                     uids,
                     uri: r.string()?,
                     body: r.string()?,
+                    seq: None,
+                    positions: Vec::new(),
+                });
+            }
+            RETAINED => {
+                let count = r.len()?;
+                // Each uid takes at least three bytes.
+                if count > r.0.len() {
+                    return Err(Malformed);
+                }
+                let mut uids = Vec::with_capacity(count);
+                let mut positions = Vec::with_capacity(count);
+                for _ in 0..count {
+                    uids.push(r.string()?);
+                    positions.push((r.string()?, r.u64()?));
+                }
+                let (seq, uri, body) = r.tail()?;
+                pushes.push(RemotePush {
+                    uids,
+                    uri,
+                    body,
+                    seq: Some(seq),
+                    positions,
                 });
             }
             KICK => {
@@ -133,7 +188,11 @@ pub(super) fn decode_broadcast(bytes: &[u8]) -> Result<(String, String, String),
     }
 }
 
-fn put_len(out: &mut Vec<u8>, mut n: usize) {
+fn put_len(out: &mut Vec<u8>, n: usize) {
+    put_u64(out, n as u64);
+}
+
+fn put_u64(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
         out.push(n as u8 | 0x80);
         n >>= 7;
@@ -155,16 +214,24 @@ impl Reader<'_> {
         Ok(b)
     }
 
-    fn len(&mut self) -> Result<usize, Malformed> {
-        let mut n = 0usize;
+    fn u64(&mut self) -> Result<u64, Malformed> {
+        let mut n = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
-            n |= usize::from(b & 0x7f).checked_shl(shift).ok_or(Malformed)?;
+            n |= u64::from(b & 0x7f).checked_shl(shift).ok_or(Malformed)?;
             if b < 0x80 {
                 return Ok(n);
             }
         }
         Err(Malformed)
+    }
+
+    fn len(&mut self) -> Result<usize, Malformed> {
+        usize::try_from(self.u64()?).map_err(|_| Malformed)
+    }
+
+    fn tail(&mut self) -> Result<(u64, String, String), Malformed> {
+        Ok((self.u64()?, self.string()?, self.string()?))
     }
 
     fn string(&mut self) -> Result<String, Malformed> {
@@ -187,7 +254,23 @@ mod tests {
             uids: uids.iter().map(|u| u.to_string()).collect(),
             uri: uri.into(),
             body: body.into(),
+            seq: None,
+            positions: Vec::new(),
         }
+    }
+
+    /// An `r` entry as the history script writes it: a tag, then per uid its string, its
+    /// epoch's and its offset, then the tail.
+    fn retained(uids: &[(&str, &str, u64)], seq: u64, uri: &str, body: &str) -> Vec<u8> {
+        let mut out = vec![RETAINED];
+        put_len(&mut out, uids.len());
+        for &(uid, epoch, offset) in uids {
+            out.extend(string(uid));
+            out.extend(string(epoch));
+            put_u64(&mut out, offset);
+        }
+        out.extend(tail(seq, uri, body));
+        out
     }
 
     #[test]
@@ -209,6 +292,48 @@ mod tests {
                 Event::Deliver(vec![push(&[], "/c", "")]),
             ]))
         );
+    }
+
+    #[test]
+    fn retained_entries_decode_with_their_positions_among_plain_ones() {
+        let mut plain = Batch::default();
+        plain.push(["9"].into_iter(), "/p", "y");
+        let mut bytes = vec![BATCH];
+        bytes.extend(retained(
+            &[("7", "e1", 1), ("8", "e2", 300)],
+            1 << 40,
+            "/r",
+            "x",
+        ));
+        let boundaries = [bytes.len(), bytes.len() + plain.bytes().len() - 1];
+        bytes.extend(&plain.bytes()[1..]);
+        bytes.extend(retained(&[], 2, "/none", ""));
+        let first = RemotePush {
+            uids: vec!["7".into(), "8".into()],
+            uri: "/r".into(),
+            body: "x".into(),
+            seq: Some(1 << 40),
+            positions: vec![("e1".into(), 1), ("e2".into(), 300)],
+        };
+        let last = RemotePush {
+            seq: Some(2),
+            ..push(&[], "/none", "")
+        };
+        assert_eq!(
+            decode_node(&bytes),
+            Ok(NodeMessage::Events(vec![Event::Deliver(vec![
+                first,
+                push(&["9"], "/p", "y"),
+                last,
+            ])]))
+        );
+        for cut in (1..bytes.len()).filter(|cut| !boundaries.contains(cut)) {
+            assert_eq!(decode_node(&bytes[..cut]), Err(Malformed), "cut at {cut}");
+        }
+        let t = tail(u64::MAX, "/u", "é");
+        assert_eq!(decode_tail(&t), Ok((u64::MAX, "/u".into(), "é".into())));
+        assert_eq!(decode_tail(&t[..t.len() - 1]), Err(Malformed));
+        assert_eq!(decode_tail(&[0xff; 11]), Err(Malformed));
     }
 
     #[test]
