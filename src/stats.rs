@@ -23,8 +23,6 @@ pub(crate) struct Counters {
     pub upstream: u64,
     pub http_requests: u64,
     pub http_rejected: u64,
-    /// Pushes that could not be routed to the other nodes of the cluster.
-    pub unrouted: u64,
     pub closed: [u64; CloseReason::ALL.len()],
     pub http_closed: [u64; CloseReason::ALL.len()],
 }
@@ -51,6 +49,8 @@ pub(crate) struct Gauges {
     pub transports: [u64; 4],
     /// Cluster mode: whether Redis is usable.
     pub cluster_up: Option<bool>,
+    /// Pushes the cluster could not take (0 on a single node).
+    pub unrouted: u64,
     /// History in memory: bytes held, pushes evicted for memory, pushes expired.
     pub history: Option<(u64, u64, u64)>,
 }
@@ -148,7 +148,7 @@ impl Stats {
             http_requests: c.http_requests,
             http_rejected: c.http_rejected,
             cluster_up: g.cluster_up,
-            unrouted: c.unrouted,
+            unrouted: g.unrouted,
             history_bytes: g.history.map(|h| h.0),
             history_evicted: g.history.map(|h| h.1),
             history_expired: g.history.map(|h| h.2),
@@ -313,6 +313,7 @@ mod tests {
             buffered_bytes: 0,
             transports: [1, 0, 2, 0],
             cluster_up: None,
+            unrouted: 0,
             history: None,
         };
         let text = Stats::from_counters(&c, gauges, 9).to_prometheus();

@@ -5,9 +5,13 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use common::redis::RedisServer;
 use common::*;
 use plex::Config;
+use plex::protocol::uri;
 use serde_json::{Value, json};
 
 /// A node of the cluster on `redis`.
@@ -244,4 +248,185 @@ fn a_killed_node_leaves_presence_and_the_node_list_with_no_operator_action() {
         http(&a, "POST", "/plex/v1/push", Some(push)).1["delivered"],
         0
     );
+}
+
+/// A node of the cluster keeping each uid's last 100 pushes in Redis (PROTOCOL.md §9).
+fn history_node(redis: &RedisServer) -> TestServer {
+    node_with(redis, |c| c.history_size = 100)
+}
+
+fn history_of(server: &TestServer, uid: &str, since: u64) -> (u16, Value) {
+    http(
+        server,
+        "GET",
+        &format!("/plex/v1/history?uid={uid}&since={since}"),
+        None,
+    )
+}
+
+#[test]
+fn the_history_spans_the_cluster() {
+    let redis = RedisServer::start();
+    let (a, b) = (history_node(&redis), history_node(&redis));
+    let mut phone = b.user("7");
+    wait_cluster_online(&a, "7", 1);
+    // A push sent to A reaches the phone on B with its place in the uid's history.
+    let first = json!({"uid": "7", "uri": "/m", "body": "1"});
+    assert_eq!(
+        http(&a, "POST", "/plex/v1/push", Some(first)).1["delivered"],
+        1
+    );
+    let (body, epoch, offset) = recv_at(&mut phone);
+    assert_eq!((body.as_str(), offset), ("1", 1));
+    assert!(!epoch.is_empty());
+    drop(phone);
+    wait_cluster_online(&a, "7", 0);
+
+    // While it is away, pushes to either node, by HTTP or inner TCP, take the next offsets.
+    let mut inner_b = b.inner();
+    for n in 2..=5u64 {
+        if n % 2 == 0 {
+            let push = json!({"uid": "7", "uri": "/m", "body": n.to_string()});
+            assert_eq!(
+                http(&a, "POST", "/plex/v1/push", Some(push)).1["delivered"],
+                0
+            );
+        } else {
+            push(&mut inner_b, "7", "/m", &n.to_string());
+            // An inner push has no answer: wait until it is kept, to keep the order known.
+            let kept = wait_until(WAIT, || history_of(&a, "7", 0).1["offset"] == n);
+            assert!(kept, "{:?}", history_of(&a, "7", 0));
+        }
+    }
+
+    // It comes back on A: every push it missed, in order, then live ones from B.
+    let mut phone = a.connect();
+    let resumed = phone.resume("7", (&epoch, 1), WAIT).unwrap().unwrap();
+    assert!(resumed.recovered, "{resumed:?}");
+    assert_eq!(
+        (resumed.epoch.as_str(), resumed.offset),
+        (epoch.as_str(), 5)
+    );
+    for n in 2..=5u64 {
+        assert_eq!(recv_at(&mut phone), (n.to_string(), epoch.clone(), n));
+    }
+    push(&mut inner_b, "7", "/m", "6");
+    assert_eq!(recv_at(&mut phone), ("6".into(), epoch.clone(), 6));
+
+    // Its acknowledgement is kept too: any node tells a back-end what was received.
+    phone.send(uri::ACK, "6").unwrap();
+    let acked = wait_until(WAIT, || history_of(&b, "7", 0).1["acked"] == 6);
+    assert!(acked, "{:?}", history_of(&b, "7", 0));
+    let (status, log) = history_of(&b, "7", 4);
+    assert_eq!(status, 200);
+    assert_eq!((&log["epoch"], &log["offset"]), (&json!(epoch), &json!(6)));
+    let bodies: Vec<&str> = (log["pushes"].as_array().unwrap().iter())
+        .map(|p| p["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["5", "6"]);
+    assert_alive(&mut phone);
+    assert_eq!(a.stats().unrouted + b.stats().unrouted, 0);
+}
+
+#[test]
+fn a_resume_racing_pushes_from_another_node_has_no_gap_duplicate_or_reordering() {
+    let redis = RedisServer::start();
+    let racing = |c: &mut Config| {
+        c.history_size = 100_000;
+        c.max_pending_bytes = 16 * 1024 * 1024;
+    };
+    let (a, b) = (node_with(&redis, racing), node_with(&redis, racing));
+    let mut reader = a.user("7");
+    wait_cluster_online(&b, "7", 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let (stop, mut inner) = (stop.clone(), b.inner());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 5_000 {
+                n += 1;
+                push(&mut inner, "7", "/m", &n.to_string());
+            }
+            n
+        })
+    };
+    // Reconnect four times, to either node, while B keeps pushing: offsets run 1, 2, 3, …
+    let mut expected = 1u64;
+    let mut epoch = String::new();
+    for round in 0..4 {
+        for _ in 0..100 {
+            let (body, e, offset) = recv_at(&mut reader);
+            assert_eq!((offset, body), (expected, expected.to_string()));
+            epoch = e;
+            expected += 1;
+        }
+        let last = expected - 1;
+        reader = if round % 2 == 0 {
+            b.connect()
+        } else {
+            a.connect()
+        };
+        let resumed = reader.resume("7", (&epoch, last), WAIT).unwrap().unwrap();
+        assert!(resumed.recovered, "{resumed:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = pusher.join().unwrap();
+    while expected <= sent {
+        let (body, _, offset) = recv_at(&mut reader);
+        assert_eq!((offset, body), (expected, expected.to_string()));
+        expected += 1;
+    }
+    assert_alive(&mut reader);
+}
+
+#[test]
+fn with_redis_down_the_history_fails_clearly_and_live_pushes_go_on() {
+    let mut redis = RedisServer::start();
+    let a = history_node(&redis);
+    let mut phone = a.user("7");
+    wait_cluster_online(&a, "7", 1);
+    let one = json!({"uid": "7", "uri": "/m", "body": "1"});
+    assert_eq!(http(&a, "POST", "/plex/v1/push", Some(one)).0, 200);
+    let (_, epoch, _) = recv_at(&mut phone);
+
+    redis.stop();
+    let ok = wait_until(WAIT, || http(&a, "GET", "/readyz", None).0 == 503);
+    assert!(ok, "readyz still 200 with Redis down");
+    // The push is delivered here all the same, without a place; the caller learns it was
+    // not kept.
+    let two = json!({"uid": "7", "uri": "/m", "body": "2"});
+    let (status, body) = http(&a, "POST", "/plex/v1/push", Some(two));
+    assert_eq!((status, &body["delivered"]), (503, &json!(1)), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("cluster"),
+        "{body}"
+    );
+    expect_msg(&mut phone, "/m", "2");
+    assert_eq!(phone.position(), Some((epoch.as_str(), 1)), "no new place");
+    assert_eq!(a.stats().unrouted, 1);
+    let (status, log) = history_of(&a, "7", 0);
+    assert_eq!(status, 503, "{log}");
+    // A device coming back meanwhile is told it may have missed pushes, and gets live ones.
+    let mut tablet = a.connect();
+    let resumed = tablet.resume("7", (&epoch, 1), WAIT).unwrap().unwrap();
+    assert!(!resumed.recovered, "{resumed:?}");
+    let three = json!({"uid": "7", "uri": "/m", "body": "3"});
+    assert_eq!(http(&a, "POST", "/plex/v1/push", Some(three)).0, 503);
+    expect_msg(&mut phone, "/m", "3");
+    expect_msg(&mut tablet, "/m", "3");
+
+    // Redis comes back empty: the uid's history starts again under a new epoch.
+    redis.restart();
+    wait_ready(&a);
+    wait_cluster_online(&a, "7", 2);
+    let four = json!({"uid": "7", "uri": "/m", "body": "4"});
+    assert_eq!(
+        http(&a, "POST", "/plex/v1/push", Some(four)).1["delivered"],
+        2
+    );
+    let (body, new_epoch, offset) = recv_at(&mut phone);
+    assert_eq!((body.as_str(), offset), ("4", 1));
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(recv_at(&mut tablet), ("4".into(), new_epoch, 1));
+    assert_alive(&mut phone);
 }

@@ -21,17 +21,6 @@ fn with_history(size: usize) -> Config {
     }
 }
 
-/// Receives the next push and its place in the history, read from the raw frame.
-fn recv_at(c: &mut Connection) -> (String, String, u64) {
-    let m = recv(c);
-    let (epoch, offset) = c
-        .position()
-        .map(|(e, o)| (e.to_owned(), o))
-        .unwrap_or_default();
-    let _ = m.seq;
-    (m.body, epoch, offset)
-}
-
 fn http_get(server: &TestServer, path: &str) -> Value {
     let text = ureq::get(format!("http://{}{path}", server.http))
         .header("Authorization", "Bearer plex-inner")

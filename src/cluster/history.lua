@@ -141,7 +141,8 @@ while a <= #ARGV do
   elseif op == 'a' then
     local i = tonumber(ARGV[a + 1])
     local record = redis.call('HMGET', KEYS[3 * i], 'e', 'o', 'a')
-    if record[1] == ARGV[a + 2] then
+    -- An empty epoch is the uid's current one.
+    if record[1] and (ARGV[a + 2] == '' or record[1] == ARGV[a + 2]) then
       local offset = math.min(tonumber(ARGV[a + 3]), tonumber(record[2]))
       if offset > tonumber(record[3]) then redis.call('HSET', KEYS[3 * i], 'a', offset) end
     end

@@ -221,7 +221,8 @@ pub enum Request {
     History { id: u64, uid: String, since: u64 },
     /// A device of `uid` acknowledged everything up to `offset` of `epoch`: the uid's acked
     /// offset becomes the larger of the two (capped at its offset), unless `epoch` is not the
-    /// uid's current one. No answer; dropped while Redis is down.
+    /// uid's current one (an empty `epoch` means the current one). No answer; dropped while
+    /// Redis is down.
     Ack {
         uid: String,
         epoch: String,

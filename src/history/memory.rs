@@ -143,30 +143,24 @@ impl Memory {
 
     /// What a client that last received `(epoch, offset)` of `uid` has missed.
     pub fn recover(&self, uid: &str, epoch: &str, offset: u64) -> Recovery {
-        let Some(log) = self.uids.get(uid) else {
+        if !self.uids.contains_key(uid) {
             // Nothing retained: only a client that has seen nothing has missed nothing.
             return Recovery {
                 recovered: offset == 0,
-                epoch: String::new(),
-                offset: 0,
-                pushes: Vec::new(),
+                ..Recovery::lost()
             };
-        };
-        let same = *log.epoch == *epoch;
-        let since = if same { offset } else { 0 };
-        let first = log.pushes.front().map_or(log.offset + 1, |e| e.push.offset);
-        Recovery {
-            // No gap: the first push it lacks is still retained (or there is none).
-            recovered: same && offset <= log.offset && offset + 1 >= first,
-            epoch: log.epoch.to_string(),
-            offset: log.offset,
-            pushes: retained_after(log, since),
         }
+        Recovery::from_history(epoch, offset, self.log(uid, 0))
     }
 
-    /// A device of `uid` has every push up to `offset`.
-    pub fn ack(&mut self, uid: &str, offset: u64) {
-        if let Some(log) = self.uids.get_mut(uid) {
+    /// A device of `uid` has every push up to `offset` of `epoch` (its current one if empty;
+    /// an ack of a lost epoch changes nothing).
+    pub fn ack(&mut self, uid: &str, epoch: &str, offset: u64) {
+        if let Some(log) = self
+            .uids
+            .get_mut(uid)
+            .filter(|l| epoch.is_empty() || *l.epoch == *epoch)
+        {
             log.acked = log.acked.max(offset.min(log.offset));
         }
     }
@@ -315,11 +309,12 @@ mod tests {
         let mut h = Memory::new(10, 1000, 1 << 20);
         h.append("7", 1, "/a", "", 0);
         h.append("7", 1, "/a", "", 0);
-        h.ack("7", 1);
-        h.ack("7", 9);
-        h.ack("7", 0);
+        h.ack("7", "", 1);
+        h.ack("7", "", 9);
+        h.ack("7", "", 0);
         assert_eq!(h.log("7", 0).acked, 2);
-        h.ack("nobody", 3);
+        h.ack("7", "another epoch", 1);
+        h.ack("nobody", "", 3);
         assert_eq!(h.log("nobody", 0).acked, 0);
     }
 }

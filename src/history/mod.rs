@@ -32,6 +32,39 @@ pub struct Recovery {
     pub pushes: Vec<Retained>,
 }
 
+impl Recovery {
+    /// Nothing is known of the history (there is none, or it cannot be read): the client may
+    /// have missed anything.
+    pub fn lost() -> Self {
+        Recovery {
+            recovered: false,
+            epoch: String::new(),
+            offset: 0,
+            pushes: Vec::new(),
+        }
+    }
+
+    /// What a client that last received `(epoch, offset)` missed, from a uid's history: its
+    /// epoch, last offset and the pushes it retains, oldest first.
+    pub fn from_history(epoch: &str, offset: u64, history: Log) -> Self {
+        let same = history.epoch == epoch;
+        let since = if same { offset } else { 0 };
+        let first = history
+            .pushes
+            .first()
+            .map_or(history.offset + 1, |p| p.offset);
+        Recovery {
+            // No gap: the first push it lacks is still retained (or there is none).
+            recovered: same && offset <= history.offset && offset + 1 >= first,
+            pushes: (history.pushes.into_iter())
+                .filter(|p| p.offset > since)
+                .collect(),
+            epoch: history.epoch,
+            offset: history.offset,
+        }
+    }
+}
+
 /// What `GET /plex/v1/history` answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Log {

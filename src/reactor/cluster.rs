@@ -16,7 +16,9 @@ use log::{info, warn};
 use mio::Waker;
 
 use super::conns::ConnRef;
-use crate::cluster::{self, Broker, ClusterConfig, ClusterError, Event, NodeInfo, Reply, Request};
+use crate::cluster::{
+    self, Broker, ClusterConfig, ClusterError, Event, HistorySettings, NodeInfo, Reply, Request,
+};
 use crate::config::Config;
 
 /// Ticks between two reports of this node's load.
@@ -36,6 +38,25 @@ pub enum Waiting {
         reply: SyncSender<Vec<usize>>,
         local: Vec<usize>,
     },
+    /// A connection resuming its history: its `/auth/success` waits for the history.
+    Resume { conn: ConnRef },
+    /// Nobody waits (a push whose sender wants no answer).
+    Nobody,
+    /// A push kept in the cluster's history: it reaches this node's connections back through
+    /// the cluster, with its places; if the cluster cannot take it, it is delivered here
+    /// after all, without them. `then` is whoever else waits for the answer.
+    Retain {
+        push: Box<Unplaced>,
+        then: Box<Waiting>,
+    },
+}
+
+/// A push on its way into the cluster's history.
+pub struct Unplaced {
+    pub uids: Vec<String>,
+    pub seq: i64,
+    pub uri: String,
+    pub body: String,
 }
 
 /// An HTTP answer that needs the other nodes' part.
@@ -58,12 +79,23 @@ pub enum Partial {
         uids: Vec<String>,
         local: Vec<usize>,
     },
+    /// `GET /plex/v1/history`: all of it is in the cluster.
+    History {
+        uid: String,
+    },
 }
 
 /// An answer, complete: the local part plus what the broker replied.
 pub struct Finished {
     pub waiting: Waiting,
     pub result: Result<Reply, ClusterError>,
+}
+
+/// A request the broker has yet to answer.
+struct Pending {
+    waiting: Waiting,
+    /// It carries a push (`Route`, `Retain`): a failure counts as unrouted.
+    push: bool,
 }
 
 pub struct Cluster {
@@ -78,7 +110,12 @@ pub struct Cluster {
     pub nodes: Vec<NodeInfo>,
     /// Inner TCP pushes stay on this node (`InnerPushLocal`).
     pub inner_local: bool,
-    pending: HashMap<u64, Waiting>,
+    /// The history lives in the cluster (`HistorySize` in cluster mode).
+    pub history: bool,
+    /// Pushes and broadcasts the cluster could not take (Redis down, or its queue full):
+    /// delivered here only.
+    pub unrouted: u64,
+    pending: HashMap<u64, Pending>,
     next_id: u64,
     next_load: u64,
 }
@@ -89,6 +126,10 @@ impl Cluster {
         let url = config.redis.clone().expect("cluster mode");
         let mut settings = ClusterConfig::new(url, advertise);
         settings.node_ttl = Duration::from_secs(config.node_ttl);
+        settings.history = (config.history_size > 0).then(|| HistorySettings {
+            size: config.history_size,
+            ttl: Duration::from_secs(config.history_ttl),
+        });
         let node_id = settings.node_id.clone();
         let wake_pending = Arc::new(AtomicBool::new(false));
         let pending = wake_pending.clone();
@@ -111,6 +152,8 @@ impl Cluster {
             down_reason: "connecting to Redis".into(),
             nodes: Vec::new(),
             inner_local: config.inner_push_local,
+            history: config.history_size > 0,
+            unrouted: 0,
             pending: HashMap::new(),
             next_id: 0,
             next_load: 0,
@@ -118,38 +161,34 @@ impl Cluster {
     }
 
     /// Asks the broker; a full queue is answered at once as the broker would answer a lost
-    /// Redis, so the caller has one failure path.
-    fn ask(
-        &mut self,
-        make: impl FnOnce(u64) -> Request,
-        waiting: Option<Waiting>,
-    ) -> Option<Finished> {
+    /// Redis, so the caller has one failure path. `None`: the answer is to come.
+    fn ask(&mut self, make: impl FnOnce(u64) -> Request, waiting: Waiting) -> Option<Finished> {
         let id = self.next_id;
         self.next_id += 1;
-        match self.broker.send(make(id)) {
+        let request = make(id);
+        let push = matches!(request, Request::Route { .. } | Request::Retain { .. });
+        match self.broker.send(request) {
             Ok(()) => {
-                if let Some(waiting) = waiting {
-                    self.pending.insert(id, waiting);
-                }
+                self.pending.insert(id, Pending { waiting, push });
                 None
             }
             Err(cluster::Full(_)) => {
+                self.unrouted += push as u64;
                 let result = Err(ClusterError::Unavailable(
                     "the cluster queue is full".into(),
                 ));
-                waiting.map(|waiting| Finished { waiting, result })
+                Some(Finished { waiting, result })
             }
         }
     }
 
-    /// Routes a push to the other nodes holding the uids. `None` when the answer is to come
-    /// (or nobody waits for it); `Some` when it failed at once.
+    /// Routes a push to the other nodes holding the uids.
     pub fn route<S: AsRef<str>>(
         &mut self,
         uids: &[S],
         uri: &str,
         body: &str,
-        waiting: Option<Waiting>,
+        waiting: Waiting,
     ) -> Option<Finished> {
         let uids = uids.iter().map(|u| u.as_ref().to_owned()).collect();
         let (uri, body) = (uri.to_owned(), body.to_owned());
@@ -164,12 +203,49 @@ impl Cluster {
         )
     }
 
-    pub fn kick(&mut self, uid: &str, waiting: Option<Waiting>) -> Option<Finished> {
+    /// Keeps a push in the uids' histories (an offset each) and sends it to every node that
+    /// holds them, this one included.
+    pub fn retain(&mut self, push: Unplaced, then: Waiting) -> Option<Finished> {
+        let (uids, uri, body) = (push.uids.clone(), push.uri.clone(), push.body.clone());
+        let seq = push.seq as u64;
+        let request = |id| Request::Retain {
+            id,
+            uids,
+            seq,
+            uri,
+            body,
+        };
+        let waiting = Waiting::Retain {
+            push: Box::new(push),
+            then: Box::new(then),
+        };
+        self.ask(request, waiting)
+    }
+
+    /// Reads a uid's history: its pushes after offset `since`.
+    pub fn history(&mut self, uid: &str, since: u64, waiting: Waiting) -> Option<Finished> {
+        let uid = uid.to_owned();
+        self.ask(|id| Request::History { id, uid, since }, waiting)
+    }
+
+    /// A device of `uid` has everything up to `offset` of `epoch` (its current one if empty).
+    pub fn ack(&mut self, uid: &str, epoch: &str, offset: u64) {
+        let request = Request::Ack {
+            uid: uid.to_owned(),
+            epoch: epoch.to_owned(),
+            offset,
+        };
+        if self.broker.send(request).is_err() {
+            warn!("cluster: queue full, an acknowledgement of uid {uid:?} was dropped");
+        }
+    }
+
+    pub fn kick(&mut self, uid: &str, waiting: Waiting) -> Option<Finished> {
         let uid = uid.to_owned();
         self.ask(|id| Request::Kick { id, uid }, waiting)
     }
 
-    pub fn online(&mut self, uids: Vec<String>, waiting: Option<Waiting>) -> Option<Finished> {
+    pub fn online(&mut self, uids: Vec<String>, waiting: Waiting) -> Option<Finished> {
         self.ask(|id| Request::Online { id, uids }, waiting)
     }
 
@@ -179,6 +255,7 @@ impl Cluster {
             body: body.to_owned(),
         };
         if self.broker.send(request).is_err() {
+            self.unrouted += 1;
             warn!("cluster: queue full, a broadcast did not reach the other nodes");
         }
     }
@@ -210,7 +287,8 @@ impl Cluster {
 
     /// The request `id` was answered.
     pub fn answered(&mut self, id: u64, result: Result<Reply, ClusterError>) -> Option<Finished> {
-        let waiting = self.pending.remove(&id)?;
+        let Pending { waiting, push } = self.pending.remove(&id)?;
+        self.unrouted += (push && result.is_err()) as u64;
         Some(Finished { waiting, result })
     }
 

@@ -22,8 +22,22 @@ pub enum State {
     },
     /// Authenticated as a uid; receives that uid's pushes.
     User { uid: Arc<str> },
+    /// Authenticated as a uid, waiting for the cluster's answer about its history before
+    /// `/auth/success`; the uid's pushes meanwhile are held.
+    Resuming(Box<Resuming>),
     /// An authenticated business back-end; may push.
     Inner,
+}
+
+/// A connection whose history is being read from the cluster.
+#[derive(Debug)]
+pub struct Resuming {
+    pub uid: Arc<str>,
+    /// The place the client gave.
+    pub resume: Resume,
+    /// Live pushes that came meanwhile, framed for it, with their offsets.
+    pub held: Vec<(u64, Box<[u8]>)>,
+    pub held_bytes: usize,
 }
 
 /// The last place in its uid's history a resuming client received.
@@ -159,8 +173,13 @@ impl ClientConn {
         }
     }
 
-    pub fn is_user(&self) -> bool {
-        matches!(self.state, State::User { .. })
+    /// The uid it is authenticated as (resuming or not).
+    pub fn uid(&self) -> Option<&Arc<str>> {
+        match &self.state {
+            State::User { uid } => Some(uid),
+            State::Resuming(resuming) => Some(&resuming.uid),
+            _ => None,
+        }
     }
 
     pub fn framing(&self) -> Framing {

@@ -275,7 +275,8 @@ impl Ctx {
             auth,
             shutdown_deadline: None,
             cluster: None,
-            history: (config.history_size > 0).then(|| {
+            // In cluster mode the history is in Redis.
+            history: (config.history_size > 0 && config.redis.is_none()).then(|| {
                 let ttl = u64::from(secs_to_ticks(config.history_ttl));
                 Memory::new(config.history_size, ttl, config.history_memory)
             }),

@@ -6,7 +6,8 @@ use std::borrow::Cow;
 
 use log::{debug, warn};
 
-use super::conn::{ClientConn, Form, Framing};
+use super::cluster::{Finished, Unplaced, Waiting};
+use super::conn::{ClientConn, Form, Framing, State};
 use super::conns::{ConnRef, Queued, Table};
 use super::ctx::{Core, Ctx, Limits};
 use super::session;
@@ -94,8 +95,8 @@ impl std::fmt::Display for TooLarge {
     }
 }
 
-/// Delivers `{seq, uri, body}` to every live connection of each uid. Returns the number of
-/// connections it was queued to. The caller has checked `uri`.
+/// Delivers `{seq, uri, body}` to every live connection of each uid here. Returns the number
+/// of connections it was queued to. The caller has checked `uri`.
 pub fn push<S: AsRef<str>>(
     ctx: &mut Ctx,
     clients: &mut Table<ClientConn>,
@@ -104,7 +105,28 @@ pub fn push<S: AsRef<str>>(
     uri: &str,
     body: &str,
 ) -> Result<usize, TooLarge> {
-    let push = start(ctx, frames, uri, body)?;
+    push_placed(ctx, clients, frames, uids, uri, body, None)
+}
+
+/// The seq a push was given, and its place (epoch, offset) in each uid's history, in the
+/// order of its uids: what the cluster says of a retained push.
+pub struct Placed<'a> {
+    pub seq: i64,
+    pub positions: &'a [(String, u64)],
+}
+
+/// [`push`], with the seq and places `placed` gives (the cluster's history) instead of new
+/// ones (a new seq, and a place in the in-memory history when it is on).
+pub fn push_placed<S: AsRef<str>>(
+    ctx: &mut Ctx,
+    clients: &mut Table<ClientConn>,
+    frames: &mut Frames,
+    uids: &[S],
+    uri: &str,
+    body: &str,
+    placed: Option<Placed>,
+) -> Result<usize, TooLarge> {
+    let push = start(ctx, frames, uri, body, placed.as_ref().map(|p| p.seq))?;
     let Ctx {
         core,
         limits,
@@ -114,22 +136,31 @@ pub fn push<S: AsRef<str>>(
         ..
     } = ctx;
     let mut delivered = 0;
-    for uid in uids {
+    for (i, uid) in uids.iter().enumerate() {
         let uid = uid.as_ref();
         let keys = registry.keys(uid);
         if keys.is_empty() {
             counters.dropped += 1;
         }
         // With history each uid's push has its own place in it, and so its own frames.
-        let at = history.as_mut().map(|history| {
-            let (epoch, offset) = history.append(uid, push.seq, uri, body, core.clock.tick);
+        let appended;
+        let position = match (&placed, history.as_mut()) {
+            (Some(placed), _) => placed.positions.get(i).map(|(epoch, offset)| Position {
+                offset: *offset,
+                epoch: Cow::Borrowed(epoch.as_str()),
+            }),
+            (None, Some(history)) => {
+                appended = history.append(uid, push.seq, uri, body, core.clock.tick);
+                Some(Position {
+                    offset: appended.1,
+                    epoch: Cow::Borrowed(&*appended.0),
+                })
+            }
+            (None, None) => None,
+        };
+        if position.is_some() {
             frames.ready = 0;
-            (epoch, offset)
-        });
-        let position = at.as_ref().map(|(epoch, offset)| Position {
-            offset: *offset,
-            epoch: Cow::Borrowed(&**epoch),
-        });
+        }
         let push = Push {
             at: position.as_ref().unwrap_or(push.at),
             ..push
@@ -141,6 +172,97 @@ pub fn push<S: AsRef<str>>(
     Ok(finish(ctx, delivered))
 }
 
+/// What became of a push sent wherever its uids are.
+pub enum Sent {
+    /// Delivered to this many connections; nothing else to do (a single node, or a push that
+    /// stays here).
+    Here(usize),
+    /// On its way through the cluster; the waiting gets the answer.
+    Asked,
+    /// The cluster could not take it: the answer, now.
+    Failed(Finished),
+}
+
+/// Sends a push wherever its uids are (PROTOCOL.md §8): delivered here at once and, in
+/// cluster mode, routed to the other nodes that hold them; when the cluster keeps the
+/// history, placed in it first, reaching this node's connections back through the cluster
+/// with their places. `local` says it stays here (`InnerPushLocal`); `waiting` makes what
+/// waits for the answer from the count of connections here.
+#[allow(clippy::too_many_arguments)]
+pub fn push_everywhere<S: AsRef<str>>(
+    ctx: &mut Ctx,
+    clients: &mut Table<ClientConn>,
+    frames: &mut Frames,
+    uids: &[S],
+    uri: &str,
+    body: &str,
+    local: bool,
+    waiting: impl FnOnce(usize) -> Waiting,
+) -> Result<Sent, TooLarge> {
+    let placing = ctx.cluster.as_ref().is_some_and(|c| c.history) && !local;
+    if !placing {
+        let here = push(ctx, clients, frames, uids, uri, body)?;
+        return Ok(match ctx.cluster.as_mut().filter(|_| !local) {
+            Some(cluster) => match cluster.route(uids, uri, body, waiting(here)) {
+                Some(finished) => Sent::Failed(finished),
+                None => Sent::Asked,
+            },
+            None => Sent::Here(here),
+        });
+    }
+    let seq = start(ctx, frames, uri, body, None)?.seq;
+    let here = (uids.iter())
+        .map(|uid| online(ctx, clients, uid.as_ref()))
+        .sum();
+    let push = Unplaced {
+        uids: uids.iter().map(|uid| uid.as_ref().to_owned()).collect(),
+        seq,
+        uri: uri.to_owned(),
+        body: body.to_owned(),
+    };
+    let cluster = ctx.cluster.as_mut().expect("cluster mode");
+    Ok(match cluster.retain(push, waiting(here)) {
+        None => Sent::Asked,
+        Some(finished) => Sent::Failed(unplaced(ctx, clients, frames, finished)),
+    })
+}
+
+/// The answer to a push the cluster could not place in the history (its queue was full, or
+/// Redis cannot be used): the push is delivered here after all, without places, and whoever
+/// waited is told the cluster failed.
+pub fn unplaced(
+    ctx: &mut Ctx,
+    clients: &mut Table<ClientConn>,
+    frames: &mut Frames,
+    finished: Finished,
+) -> Finished {
+    let Finished {
+        waiting: Waiting::Retain { push, then },
+        result: Err(error),
+    } = finished
+    else {
+        unreachable!("an unplaced push is one the cluster refused");
+    };
+    debug!("cluster: a push could not be kept in the history ({error}); delivered here only");
+    let placed = Placed {
+        seq: push.seq,
+        positions: &[],
+    };
+    let _ = push_placed(
+        ctx,
+        clients,
+        frames,
+        &push.uids,
+        &push.uri,
+        &push.body,
+        Some(placed),
+    );
+    Finished {
+        waiting: *then,
+        result: Err(error),
+    }
+}
+
 /// Delivers `{seq, uri, body}` to every user connection.
 pub fn broadcast(
     ctx: &mut Ctx,
@@ -149,7 +271,7 @@ pub fn broadcast(
     uri: &str,
     body: &str,
 ) -> Result<usize, TooLarge> {
-    let push = start(ctx, frames, uri, body)?;
+    let push = start(ctx, frames, uri, body, None)?;
     let (core, limits) = (&mut ctx.core, &ctx.limits);
     let delivered = clients.queue_to(None, |r, conn| {
         queue_push(core, limits, r, conn, frames, push)
@@ -185,28 +307,14 @@ pub fn push_from_inner(
         return;
     }
     let uids = [&*request.uid];
-    if let Err(e) = push(
-        ctx,
-        clients,
-        &mut buffers.frames,
-        &uids,
-        &request.uri,
-        &request.body,
-    ) {
+    let local = ctx.cluster.as_ref().is_none_or(|c| c.inner_local);
+    let frames = &mut buffers.frames;
+    let (uri, body) = (&request.uri, &request.body);
+    let nobody = |_| Waiting::Nobody;
+    // A push the cluster could not take is counted there; nobody waits for the answer.
+    if let Err(e) = push_everywhere(ctx, clients, frames, &uids, uri, body, local, nobody) {
         ctx.counters.refused += 1;
         warn!("{from}: push to uid {:?} refused: {e}", request.uid);
-        return;
-    }
-    if let Some(cluster) = ctx.cluster.as_mut().filter(|c| !c.inner_local)
-        && cluster
-            .route(&uids, &request.uri, &request.body, None)
-            .is_some()
-    {
-        ctx.counters.unrouted += 1;
-        warn!(
-            "{from}: push to uid {:?}: the cluster queue is full",
-            request.uid
-        );
     }
 }
 
@@ -237,13 +345,14 @@ fn start<'a>(
     frames: &mut Frames,
     uri: &'a str,
     body: &'a str,
+    seq: Option<i64>,
 ) -> Result<Push<'a>, TooLarge> {
     const NOWHERE: &Position = &Position {
         offset: 0,
         epoch: Cow::Borrowed(""),
     };
     let push = Push {
-        seq: ctx.next_seq(),
+        seq: seq.unwrap_or_else(|| ctx.next_seq()),
         uri,
         body,
         at: NOWHERE,
@@ -257,7 +366,7 @@ fn start<'a>(
     };
     let len = frames.get(push, json, ctx.limits.order).len() - HEADER_LEN
         + ws::MAX_HEADER_LEN
-        + ctx.history.as_ref().map_or(0, |_| POSITION_MAX);
+        + POSITION_MAX;
     if len > ctx.limits.max_pending {
         return Err(TooLarge {
             len,
@@ -276,10 +385,24 @@ fn queue_push(
     frames: &mut Frames,
     push: Push,
 ) -> Queued {
-    if conn.link.is_done() || !conn.is_user() {
+    if conn.link.is_done() {
         return Queued::Skipped;
     }
     let form = conn.form(limits.codec.before_first_message());
+    match &mut conn.state {
+        State::User { .. } => {}
+        // Its history is being read: held until the answer, then sent after the replay.
+        State::Resuming(resuming) => {
+            let frame = frames.get(push, form, limits.order);
+            resuming.held_bytes += frame.len();
+            if resuming.held_bytes > limits.max_pending {
+                return Queued::Refused(CloseReason::SlowConsumer);
+            }
+            resuming.held.push((push.at.offset, frame.into()));
+            return Queued::Skipped;
+        }
+        _ => return Queued::Skipped,
+    }
     let frame = frames.get(push, form, limits.order);
     match session::queue(core, limits, conn, r, frame.len(), |out| {
         out.extend_from_slice(frame)

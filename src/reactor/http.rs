@@ -23,11 +23,12 @@ use super::cluster::{self as cluster_glue, Answer, Partial, Waiting};
 use super::conn::ClientConn;
 use super::conns::{ConnRef, HasLink, Table};
 use super::ctx::Ctx;
-use super::deliver::{self, PushBuffers};
+use super::deliver::{self, PushBuffers, Sent};
 use super::link::{Link, feed};
 use super::session::constant_time_eq;
 use crate::CloseReason;
 use crate::cluster::{self, ClusterError};
+use crate::history;
 use crate::protocol::uri;
 use crate::protocol::ws::{has_token, percent_decode};
 use crate::stats::Stats;
@@ -466,22 +467,50 @@ pub fn finish(answer: &Answer, result: Result<cluster::Reply, ClusterError>) -> 
                 .collect();
             Response::json(200, json!({ "online": online }))
         }
+        (
+            Partial::History { uid },
+            Ok(Reply::History {
+                epoch,
+                offset,
+                acked,
+                pushes,
+            }),
+        ) => {
+            let pushes = (pushes.into_iter())
+                .map(|p| history::Retained {
+                    offset: p.offset,
+                    seq: p.seq as i64,
+                    uri: p.uri,
+                    body: p.body,
+                })
+                .collect();
+            let log = history::Log {
+                epoch,
+                offset,
+                acked,
+                pushes,
+            };
+            history_response(uid, &log)
+        }
         (what, Err(e)) => {
             // What this node did stands; the caller learns the other nodes were not reached.
             let mut body = json!({ "error": e.to_string() });
-            let (key, local) = match what {
-                Partial::Push { local } => ("delivered", json!(local)),
-                Partial::Kick { local } => ("closed", json!(local)),
+            let local = match what {
+                Partial::Push { local } => Some(("delivered", json!(local))),
+                Partial::Kick { local } => Some(("closed", json!(local))),
                 Partial::Online { uids, local } => {
                     let here: BTreeMap<&str, usize> = uids
                         .iter()
                         .map(String::as_str)
                         .zip(local.iter().copied())
                         .collect();
-                    ("online", json!(here))
+                    Some(("online", json!(here)))
                 }
+                Partial::History { .. } => None,
             };
-            body[key] = local;
+            if let Some((key, local)) = local {
+                body[key] = local;
+            }
             Response::json(503, body)
         }
         _ => Response::error(500, "the cluster answered another question"),
@@ -600,13 +629,13 @@ fn readyz(api: &mut Api, _: &Request) -> Outcome {
 }
 
 /// How a request's answer is to be finished when it waits for the cluster.
-fn later(api: &Api, request: &Request, what: Partial) -> Waiting {
+fn later(conn: ConnRef, head: &Head, what: Partial) -> Waiting {
     Waiting::Http {
-        conn: api.conn,
+        conn,
         answer: Answer {
             what,
-            close: !request.head.keep_alive,
-            head_only: request.head.method == "HEAD",
+            close: !head.keep_alive,
+            head_only: head.method == "HEAD",
         },
     }
 }
@@ -642,15 +671,23 @@ fn push(api: &mut Api, request: &Request) -> Outcome {
         return refuse(api, &e.to_string());
     }
     let body = body.body.unwrap_or_default();
-    let frame = &mut api.push.frames;
-    let local = match deliver::push(api.ctx, api.clients, frame, &uids, &uri, &body) {
-        Ok(delivered) => delivered,
-        Err(e) => return too_large(api, &e.to_string()),
-    };
-    let waiting = later(api, request, Partial::Push { local });
-    match &mut api.ctx.cluster {
-        Some(cluster) => asked(cluster.route(&uids, &uri, &body, Some(waiting))),
-        None => Response::json(200, json!({ "delivered": local })).into(),
+    let (conn, head) = (api.conn, &request.head);
+    let waiting = |local| later(conn, head, Partial::Push { local });
+    let frames = &mut api.push.frames;
+    match deliver::push_everywhere(
+        api.ctx,
+        api.clients,
+        frames,
+        &uids,
+        &uri,
+        &body,
+        false,
+        waiting,
+    ) {
+        Ok(Sent::Here(delivered)) => Response::json(200, json!({ "delivered": delivered })).into(),
+        Ok(Sent::Asked) => Outcome::Later,
+        Ok(Sent::Failed(finished)) => asked(Some(finished)),
+        Err(e) => too_large(api, &e.to_string()),
     }
 }
 
@@ -712,9 +749,9 @@ fn online(api: &mut Api, request: &Request) -> Outcome {
         uids: uids.clone(),
         local,
     };
-    let waiting = later(api, request, partial);
+    let waiting = later(api.conn, &request.head, partial);
     let cluster = api.ctx.cluster.as_mut().expect("checked above");
-    asked(cluster.online(uids, Some(waiting)))
+    asked(cluster.online(uids, waiting))
 }
 
 fn kick(api: &mut Api, request: &Request) -> Outcome {
@@ -724,9 +761,9 @@ fn kick(api: &mut Api, request: &Request) -> Outcome {
         Err(e) => return Response::error(400, &format!("bad JSON: {e}")).into(),
     };
     let local = deliver::kick(api.ctx, api.clients, &uid);
-    let waiting = later(api, request, Partial::Kick { local });
+    let waiting = later(api.conn, &request.head, Partial::Kick { local });
     match &mut api.ctx.cluster {
-        Some(cluster) => asked(cluster.kick(&uid, Some(waiting))),
+        Some(cluster) => asked(cluster.kick(&uid, waiting)),
         None => Response::json(200, json!({ "closed": local })).into(),
     }
 }
@@ -750,10 +787,22 @@ fn history(api: &mut Api, request: &Request) -> Outcome {
     let Some(uid) = uid else {
         return Response::error(400, "give a uid parameter").into();
     };
-    let Some(history) = &api.ctx.history else {
-        return Response::error(400, "history is off (HistorySize is 0)").into();
-    };
-    let log = history.log(&uid, since);
+    if let Some(history) = &api.ctx.history {
+        return history_response(&uid, &history.log(&uid, since)).into();
+    }
+    let waiting = later(
+        api.conn,
+        &request.head,
+        Partial::History { uid: uid.clone() },
+    );
+    match api.ctx.cluster.as_mut().filter(|c| c.history) {
+        Some(cluster) => asked(cluster.history(&uid, since, waiting)),
+        None => Response::error(400, "history is off (HistorySize is 0)").into(),
+    }
+}
+
+/// A uid's history, as `GET /plex/v1/history` shows it.
+fn history_response(uid: &str, log: &history::Log) -> Response {
     let pushes: Vec<_> = (log.pushes.iter())
         .map(|p| json!({"offset": p.offset, "seq": p.seq, "uri": p.uri, "body": p.body}))
         .collect();
@@ -764,7 +813,7 @@ fn history(api: &mut Api, request: &Request) -> Outcome {
         "acked": log.acked,
         "pushes": pushes,
     });
-    Response::json(200, body).into()
+    Response::json(200, body)
 }
 
 /// The live nodes of the cluster; a single node lists itself.

@@ -34,6 +34,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::cluster::{Event as ClusterEvent, Reply as ClusterReply};
 use crate::config::Config;
 use crate::handle::{self, Command, Commands, Handle};
+use crate::history;
 use crate::stats::Stats;
 use crate::upstream::{Verdict, Webhook};
 use clients::Clients;
@@ -720,18 +721,13 @@ impl Reactor {
         let (ctx, clients, frame) = (&mut self.ctx, &mut self.clients, &mut self.push.frames);
         match command {
             Command::Push { uids, uri, body } => {
-                match deliver::push(ctx, clients, frame, &uids, &uri, &body) {
-                    Err(e) => {
-                        ctx.counters.refused += 1;
-                        warn!("handle: push to {uids:?} refused: {e}");
-                    }
-                    Ok(_) => {
-                        if let Some(cluster) = &mut ctx.cluster
-                            && cluster.route(&uids, &uri, &body, None).is_some()
-                        {
-                            ctx.counters.unrouted += 1;
-                        }
-                    }
+                let nobody = |_| cluster::Waiting::Nobody;
+                let sent = deliver::push_everywhere(
+                    ctx, clients, frame, &uids, &uri, &body, false, nobody,
+                );
+                if let Err(e) = sent {
+                    ctx.counters.refused += 1;
+                    warn!("handle: push to {uids:?} refused: {e}");
                 }
             }
             Command::Broadcast { uri, body } => {
@@ -752,7 +748,7 @@ impl Reactor {
                 match &mut ctx.cluster {
                     Some(cluster) => {
                         let waiting = cluster::Waiting::Kick { reply, local };
-                        if let Some(finished) = cluster.kick(&uid, Some(waiting)) {
+                        if let Some(finished) = cluster.kick(&uid, waiting) {
                             self.finish(finished);
                         }
                     }
@@ -768,7 +764,7 @@ impl Reactor {
                 match &mut ctx.cluster {
                     Some(cluster) => {
                         let waiting = cluster::Waiting::Online { reply, local };
-                        if let Some(finished) = cluster.online(uids, Some(waiting)) {
+                        if let Some(finished) = cluster.online(uids, waiting) {
                             self.finish(finished);
                         }
                     }
@@ -800,8 +796,14 @@ impl Reactor {
             match event {
                 ClusterEvent::Deliver(pushes) => {
                     for p in pushes {
+                        // A retained push comes with the seq its sender gave it and its places.
+                        let placed = p.seq.map(|seq| deliver::Placed {
+                            seq: seq as i64,
+                            positions: &p.positions,
+                        });
+                        let (uids, uri, body) = (&p.uids, &p.uri, &p.body);
                         if let Err(e) =
-                            deliver::push(ctx, clients, frames, &p.uids, &p.uri, &p.body)
+                            deliver::push_placed(ctx, clients, frames, uids, uri, body, placed)
                         {
                             warn!("cluster: a push from another node refused: {e}");
                         }
@@ -858,6 +860,82 @@ impl Reactor {
                 };
                 let _ = reply.send(counts);
             }
+            cluster::Waiting::Nobody => {}
+            cluster::Waiting::Retain { .. } => {
+                let finished = match result {
+                    // Placed: this node's connections get it back through the cluster.
+                    Ok(ClusterReply::Retained { remote, .. }) => {
+                        let cluster::Waiting::Retain { then, .. } = waiting else {
+                            unreachable!("matched above")
+                        };
+                        cluster::Finished {
+                            waiting: *then,
+                            result: Ok(ClusterReply::Routed { remote }),
+                        }
+                    }
+                    result => {
+                        let (ctx, clients, frames) =
+                            (&mut self.ctx, &mut self.clients, &mut self.push.frames);
+                        let finished = cluster::Finished { waiting, result };
+                        deliver::unplaced(ctx, clients, frames, finished)
+                    }
+                };
+                self.finish(finished);
+            }
+            cluster::Waiting::Resume { conn } => {
+                let Some(client) = self.clients.get(conn) else {
+                    return; // the client left meanwhile
+                };
+                let conn::State::Resuming(resuming) =
+                    std::mem::replace(&mut client.state, conn::State::Inner)
+                else {
+                    unreachable!("only resuming connections wait for their history");
+                };
+                client.state = conn::State::User {
+                    uid: resuming.uid.clone(),
+                };
+                let recovery = match result {
+                    Ok(ClusterReply::History {
+                        epoch,
+                        offset,
+                        acked,
+                        pushes,
+                    }) => {
+                        let pushes = (pushes.into_iter())
+                            .map(|p| history::Retained {
+                                offset: p.offset,
+                                seq: p.seq as i64,
+                                uri: p.uri,
+                                body: p.body,
+                            })
+                            .collect();
+                        let log = history::Log {
+                            epoch,
+                            offset,
+                            acked,
+                            pushes,
+                        };
+                        let at = &resuming.resume;
+                        history::Recovery::from_history(&at.epoch, at.offset, log)
+                    }
+                    _ => history::Recovery::lost(),
+                };
+                let step = session::replay(
+                    &mut self.ctx,
+                    client,
+                    conn,
+                    &resuming.resume,
+                    recovery,
+                    &resuming.held,
+                );
+                let mut clients = Clients {
+                    ctx: &mut self.ctx,
+                    table: &mut self.clients,
+                    push: &mut self.push,
+                };
+                clients.apply(conn.key(), step);
+                clients.settle_output(conn.key());
+            }
             cluster::Waiting::Http { conn, answer } => {
                 let Some(http) = self.https.get(conn) else {
                     return; // the client left meanwhile
@@ -893,13 +971,14 @@ impl Reactor {
             ctx.counters.closed(reason);
             ctx.gauges.clients -= 1;
             ctx.gauges.transports[conn.transport() as usize] -= 1;
-            match conn.state {
+            match &conn.state {
                 conn::State::Unauthenticated { .. } => debug!("c#{key}: closed ({reason})"),
                 conn::State::Inner => {
                     ctx.gauges.inner -= 1;
                     info!("c#{key}: inner connection closed ({reason})");
                 }
-                conn::State::User { uid } => {
+                conn::State::User { .. } | conn::State::Resuming(_) => {
+                    let uid = conn.uid().expect("a user's uid").clone();
                     ctx.gauges.users -= 1;
                     debug!("c#{key}: uid {uid:?} closed ({reason})");
                     let offline = ctx.registry.remove(&uid, key as u32);
@@ -1096,6 +1175,7 @@ fn stats(ctx: &Ctx, clients: &Table<ClientConn>) -> Stats {
             http_connections: ctx.gauges.http,
             transports: ctx.gauges.transports,
             cluster_up: ctx.cluster.as_ref().map(|c| c.up),
+            unrouted: ctx.cluster.as_ref().map_or(0, |c| c.unrouted),
             history: ctx
                 .history
                 .as_ref()

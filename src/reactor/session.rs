@@ -6,7 +6,8 @@
 
 use log::{debug, info, trace, warn};
 
-use super::conn::{ClientConn, Resume, State};
+use super::cluster::Waiting;
+use super::conn::{ClientConn, Resume, Resuming, State};
 use super::conns::{ConnRef, Table};
 use super::ctx::{Auth, AuthJob, Core, Ctx, Limits, deadline};
 use crate::CloseReason;
@@ -95,7 +96,7 @@ pub fn on_frame<'a>(
         State::Unauthenticated { pending, .. } => {
             on_unauthenticated(ctx, conn, r, message, pending)
         }
-        State::User { .. } => on_user(ctx, conn, r, message),
+        State::User { .. } | State::Resuming(_) => on_user(ctx, conn, r, message),
         State::Inner => on_inner(ctx, conn, r, message),
     }
 }
@@ -235,33 +236,53 @@ fn become_user<'a>(ctx: &mut Ctx, conn: &mut ClientConn, r: ConnRef, uid: &str) 
     if online && let Some(hook) = &mut ctx.hooks.on_online {
         hook(&uid);
     }
-    match state {
+    let resume = match state {
         State::Unauthenticated {
             resume: Some(resume),
             ..
-        } => resume_history(ctx, conn, r, &uid, &resume),
-        _ => reply(ctx, conn, r, uri::AUTH_SUCCESS, ""),
+        } => resume,
+        _ => return reply(ctx, conn, r, uri::AUTH_SUCCESS, ""),
+    };
+    match ctx.cluster.as_mut().filter(|c| c.history) {
+        // The history is in the cluster: /auth/success waits for it, and the uid's pushes
+        // meanwhile are held (the presence just sent comes before the read, so every push
+        // after the read reaches this node).
+        Some(cluster) => match cluster.history(&uid, 0, Waiting::Resume { conn: r }) {
+            None => {
+                conn.state = State::Resuming(Box::new(Resuming {
+                    uid,
+                    resume: *resume,
+                    held: Vec::new(),
+                    held_bytes: 0,
+                }));
+                Step::Continue
+            }
+            Some(_) => {
+                let lost = Recovery::lost();
+                replay(ctx, conn, r, &resume, lost, &[])
+            }
+        },
+        None => {
+            let recovery = match &ctx.history {
+                Some(history) => history.recover(&uid, &resume.epoch, resume.offset),
+                None => Recovery::lost(),
+            };
+            replay(ctx, conn, r, &resume, recovery, &[])
+        }
     }
 }
 
 /// A client that gave its last place: `/auth/success` says whether it missed anything, then
-/// every retained push after that place follows, in order, before any live push.
-fn resume_history<'a>(
+/// every retained push after that place follows, in order, then the pushes `held` while the
+/// history was read (those not in it), before anything live.
+pub fn replay<'a>(
     ctx: &mut Ctx,
     conn: &mut ClientConn,
     r: ConnRef,
-    uid: &str,
     resume: &Resume,
+    recovery: Recovery,
+    held: &[(u64, Box<[u8]>)],
 ) -> Step<'a> {
-    let recovery = match &ctx.history {
-        Some(history) => history.recover(uid, &resume.epoch, resume.offset),
-        None => Recovery {
-            recovered: false,
-            epoch: String::new(),
-            offset: 0,
-            pushes: Vec::new(),
-        },
-    };
     // A replay larger than the connection may hold keeps its newest pushes, and says that
     // the client missed the others.
     let (mut recovered, mut pushes) = (recovery.recovered, recovery.pushes.as_slice());
@@ -278,7 +299,7 @@ fn resume_history<'a>(
         recovered = false;
     }
     debug!(
-        "{}: resumes uid {uid:?} at {}:{}, recovered {recovered}, {} to replay",
+        "{}: resumes at {}:{}, recovered {recovered}, {} to replay",
         name(r),
         resume.epoch,
         resume.offset,
@@ -304,6 +325,12 @@ fn resume_history<'a>(
         let write =
             |out: &mut Vec<u8>| form.write_at(out, order, push.seq, &push.uri, &push.body, &at);
         if let Err(reason) = queue(&mut ctx.core, &ctx.limits, conn, r, cost(push), write) {
+            return Step::Close(reason);
+        }
+    }
+    for (_, frame) in held.iter().filter(|(offset, _)| *offset > recovery.offset) {
+        let write = |out: &mut Vec<u8>| out.extend_from_slice(frame);
+        if let Err(reason) = queue(&mut ctx.core, &ctx.limits, conn, r, frame.len(), write) {
             return Step::Close(reason);
         }
     }
@@ -366,16 +393,21 @@ fn on_user<'a>(
         uri::ACK => {
             // Its device has every push of its uid up to this offset.
             let offset = message.body.to_cow().trim().parse::<u64>();
-            match (offset, &mut ctx.history, &conn.state) {
-                (Ok(offset), Some(history), State::User { uid }) => history.ack(uid, offset),
-                (Err(_), ..) => debug!("{}: /ack without an offset; ignored", name(r)),
-                _ => {}
+            let (Ok(offset), Some(uid)) = (offset, conn.uid()) else {
+                debug!("{}: /ack without an offset; ignored", name(r));
+                return Step::Continue;
+            };
+            let epoch = &message.position.epoch;
+            if let Some(history) = &mut ctx.history {
+                history.ack(uid, epoch, offset);
+            } else if let Some(cluster) = ctx.cluster.as_mut().filter(|c| c.history) {
+                cluster.ack(uid, epoch, offset);
             }
             Step::Continue
         }
         _ => {
             ctx.counters.upstream += 1;
-            if let (Some(hook), State::User { uid }) = (&mut ctx.hooks.on_message, &conn.state) {
+            if let (Some(hook), Some(uid)) = (&mut ctx.hooks.on_message, conn.uid()) {
                 hook(uid, message.into_owned());
             }
             Step::Continue
@@ -489,7 +521,7 @@ pub fn timeout_of(ctx: &Ctx, conn: &ClientConn) -> (u64, CloseReason) {
                 CloseReason::AuthTimeout,
             );
         }
-        State::User { .. } | State::Inner => (
+        State::User { .. } | State::Resuming(_) | State::Inner => (
             deadline(link.last_active, limits.heartbeat_ticks),
             CloseReason::HeartbeatTimeout,
         ),

@@ -247,6 +247,16 @@ pub fn recv(c: &mut Connection) -> Message {
     c.recv(Some(WAIT)).expect("a message")
 }
 
+/// Receives the next push and the place in the history of the last push that had one.
+pub fn recv_at(c: &mut Connection) -> (String, String, u64) {
+    let m = recv(c);
+    let (epoch, offset) = c
+        .position()
+        .map(|(e, o)| (e.to_owned(), o))
+        .unwrap_or_default();
+    (m.body, epoch, offset)
+}
+
 /// Asserts that the server closed this connection (EOF or reset) within `WAIT`.
 pub fn assert_closed(c: &mut Connection) {
     let deadline = Instant::now() + WAIT;
