@@ -57,14 +57,23 @@ pub fn push<S: AsRef<str>>(
         ..
     } = ctx;
     let mut delivered = 0;
-    for uid in uids {
-        let keys = registry.keys(uid.as_ref());
+    let mut deliver_to = |uid: &str| {
+        let keys = registry.keys(uid);
         if keys.is_empty() {
             counters.dropped += 1;
         }
         delivered += clients.queue_to(Some(keys), |r, conn| {
             queue_push(core, limits, r, conn, frame)
         });
+    };
+    if let [uid] = uids {
+        deliver_to(uid.as_ref());
+    } else {
+        // A uid listed twice still gets the push once.
+        let mut distinct: Vec<&str> = uids.iter().map(AsRef::as_ref).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        distinct.into_iter().for_each(deliver_to);
     }
     Ok(finish(ctx, delivered))
 }
