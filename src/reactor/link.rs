@@ -142,6 +142,8 @@ pub fn feed(kept: &mut Vec<u8>, bytes: &[u8], process: impl FnOnce(&[u8]) -> Opt
             && used < data.len()
         {
             data.drain(..used);
+            // Keep the partial frame's bytes, not the capacity of the read it came with.
+            data.shrink_to_fit();
             *kept = data;
         }
     }
