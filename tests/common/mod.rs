@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod chunks;
+pub mod scripted_auth;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
