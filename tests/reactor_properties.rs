@@ -151,52 +151,13 @@ impl PushUri {
     }
 }
 
-/// An auth token, by what it should make of its connection. In uid mode a token that
-/// accepts is the uid itself and any other is refused; in webhook mode the token scripts the
-/// auth service's answer.
-#[derive(Clone, Debug)]
-enum Token {
-    Accept(u8),
-    Late(u16, u8),
-    Twice(u8),
-    Chunked(u8),
-    Deny,
-    NoUid,
-    Never,
-    Garbage(Vec<u8>),
-    Oversized,
-    Close,
-}
-
-impl Token {
-    /// The uid this token may make its connection.
-    fn uid(&self) -> Option<&'static str> {
-        match *self {
-            Token::Accept(u) | Token::Late(_, u) | Token::Twice(u) | Token::Chunked(u) => {
-                Some(UIDS[u as usize])
-            }
-            _ => None,
-        }
-    }
-
-    fn text(&self, webhook: bool) -> String {
-        if !webhook {
-            return self.uid().unwrap_or("not a uid").to_owned();
-        }
-        let uid = self.uid().unwrap_or_default().to_owned();
-        let answer = match self {
-            Token::Accept(_) => Answer::Accept(uid),
-            Token::Late(ms, _) => Answer::Late(u64::from(*ms), uid),
-            Token::Twice(_) => Answer::Twice(uid),
-            Token::Chunked(_) => Answer::Chunked(uid),
-            Token::Deny => Answer::Deny,
-            Token::NoUid => Answer::NoUid,
-            Token::Never => Answer::Never,
-            Token::Garbage(bytes) => Answer::Garbage(bytes.clone()),
-            Token::Oversized => Answer::Oversized,
-            Token::Close => Answer::Close,
-        };
-        answer.token()
+/// The token a client sends to get `answer`: in webhook mode the token scripts the auth
+/// service's answer; in uid mode it is the uid the answer accepts, or one that is refused.
+fn token(answer: &Answer, webhook: bool) -> String {
+    match answer.uid() {
+        _ if webhook => answer.token(),
+        Some(uid) => uid.to_owned(),
+        None => "not a uid".to_owned(),
     }
 }
 
@@ -212,7 +173,7 @@ struct PushSpec {
 /// One complete frame a client sends.
 #[derive(Clone, Debug)]
 enum Frame {
-    Auth(Token),
+    Auth(Answer),
     InnerAuth {
         right: bool,
     },
@@ -258,7 +219,7 @@ enum ClientOp {
 enum As {
     Anonymous,
     /// It sends this token first.
-    User(Token),
+    User(Answer),
     /// It authenticates with the right inner password and waits for the answer.
     Inner,
 }
@@ -399,24 +360,25 @@ fn pad() -> impl Strategy<Value = u16> {
     prop_oneof![6 => 0..64u16, 1 => 0..8192u16]
 }
 
-fn token() -> impl Strategy<Value = Token> {
+fn answer() -> impl Strategy<Value = Answer> {
+    let uid = || (0..UIDS.len()).prop_map(|i| UIDS[i].to_owned());
     prop_oneof![
-        6 => (0..3u8).prop_map(Token::Accept),
-        1 => (0..1500u16, 0..3u8).prop_map(|(ms, u)| Token::Late(ms, u)),
-        1 => (0..3u8).prop_map(Token::Twice),
-        1 => (0..3u8).prop_map(Token::Chunked),
-        2 => Just(Token::Deny),
-        1 => Just(Token::NoUid),
-        1 => Just(Token::Never),
-        1 => vec(any::<u8>(), 0..40).prop_map(Token::Garbage),
-        1 => Just(Token::Oversized),
-        1 => Just(Token::Close),
+        6 => uid().prop_map(Answer::Accept),
+        1 => (0..1500u64, uid()).prop_map(|(ms, u)| Answer::Late(ms, u)),
+        1 => uid().prop_map(Answer::Twice),
+        1 => uid().prop_map(Answer::Chunked),
+        2 => Just(Answer::Deny),
+        1 => Just(Answer::NoUid),
+        1 => Just(Answer::Never),
+        1 => vec(any::<u8>(), 0..40).prop_map(Answer::Garbage),
+        1 => Just(Answer::Oversized),
+        1 => Just(Answer::Close),
     ]
 }
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        3 => token().prop_map(Frame::Auth),
+        3 => answer().prop_map(Frame::Auth),
         2 => any::<bool>().prop_map(|right| Frame::InnerAuth { right }),
         3 => Just(Frame::Heartbeat),
         3 => (uid(), push_uri(), pad(), prop::bool::weighted(0.9)).prop_map(
@@ -452,7 +414,7 @@ fn client_op() -> impl Strategy<Value = ClientOp> {
     prop_oneof![
         4 => prop_oneof![
             1 => Just(As::Anonymous),
-            2 => token().prop_map(As::User),
+            2 => answer().prop_map(As::User),
             1 => Just(As::Inner),
         ]
         .prop_map(ClientOp::Connect),
@@ -582,7 +544,7 @@ fn a_heartbeat_flood_that_never_reads_the_answers() {
         ops: vec![Op::Client(
             0,
             ClientOp::Send(vec![
-                Piece::Frame(Frame::Auth(Token::Accept(0))),
+                Piece::Frame(Frame::Auth(Answer::Accept("u0".into()))),
                 Piece::Flood(Frame::Heartbeat, 20_000),
             ]),
         )],

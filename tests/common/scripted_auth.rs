@@ -39,6 +39,17 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// The uid the answer may authenticate as.
+    pub fn uid(&self) -> Option<&str> {
+        match self {
+            Answer::Accept(uid)
+            | Answer::Late(_, uid)
+            | Answer::Twice(uid)
+            | Answer::Chunked(uid) => Some(uid),
+            _ => None,
+        }
+    }
+
     /// The token that makes the service answer this way.
     pub fn token(&self) -> String {
         match self {

@@ -17,7 +17,7 @@ use plex::protocol::{ByteOrder, Decoder, Message, PushRequest, uri};
 use crate::common::{self, WAIT};
 use crate::run::{Book, broadcast_uri};
 use crate::{
-    Bearer, FLOOD_BYTES, Frame, GOOD, MAX_INNER_FRAME, Malformed, Piece, Request, Route, Uid,
+    Bearer, FLOOD_BYTES, Frame, GOOD, MAX_INNER_FRAME, Malformed, Piece, Request, Route, Uid, token,
 };
 
 /// What a client connection of the test knows about itself.
@@ -29,7 +29,7 @@ pub struct Peer {
     pub open: bool,
     input: Vec<u8>,
     /// Uids its auth frames could have made it.
-    may_be: Vec<&'static str>,
+    may_be: Vec<String>,
     /// It sent something that could authenticate it.
     may_succeed: bool,
     /// It sent the right inner password: its pushes may be delivered.
@@ -69,9 +69,8 @@ impl Peer {
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
-        let _ = self.stream.set_write_timeout(Some(WRITE_WAIT));
-        if !self.open || self.stream.write_all(bytes).is_err() {
-            self.open = false;
+        self.open = self.open && write_within(&mut self.stream, bytes);
+        if !self.open {
             self.tracked = None; // the server may have got only part of it
         }
     }
@@ -79,12 +78,12 @@ impl Peer {
     /// The bytes of `frame`, noting what sending it may do.
     pub fn frame(&mut self, book: &mut Book, webhook: bool, frame: &Frame) -> Vec<u8> {
         let (uri, body) = match frame {
-            Frame::Auth(token) => {
-                if let Some(uid) = token.uid() {
+            Frame::Auth(answer) => {
+                if let Some(uid) = answer.uid() {
                     self.may_succeed = true;
-                    self.may_be.push(uid);
+                    self.may_be.push(uid.to_owned());
                 }
-                (uri::AUTH, token.text(webhook))
+                (uri::AUTH, token(answer, webhook))
             }
             Frame::InnerAuth { right } => {
                 self.may_succeed |= right;
@@ -216,7 +215,7 @@ impl Peer {
                 );
                 assert!(
                     sent.deliverable
-                        && (sent.broadcast || sent.to.iter().any(|u| self.may_be.contains(u))),
+                        && (sent.broadcast || self.may_be.iter().any(|u| sent.to.contains(&&**u))),
                     "a client that may be {:?} got push {id} {sent:?}",
                     self.may_be
                 );
@@ -247,6 +246,12 @@ impl Peer {
             }
         }
     }
+}
+
+/// Writes `bytes` unless the server stops reading for `WRITE_WAIT`; returns whether all went.
+fn write_within(stream: &mut TcpStream, bytes: &[u8]) -> bool {
+    let _ = stream.set_write_timeout(Some(WRITE_WAIT));
+    stream.write_all(bytes).is_ok()
 }
 
 /// Reads what is available without waiting; returns whether the connection is still open.
@@ -309,11 +314,8 @@ impl HttpPeer {
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
-        let _ = self.stream.set_write_timeout(Some(WRITE_WAIT));
-        if !self.open || self.stream.write_all(bytes).is_err() {
-            self.open = false;
-            self.clean = false;
-        }
+        self.open = self.open && write_within(&mut self.stream, bytes);
+        self.clean &= self.open;
     }
 
     pub fn request(&mut self, book: &mut Book, r: &Request) -> Vec<u8> {

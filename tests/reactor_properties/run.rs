@@ -11,7 +11,7 @@ use crate::common::{self, TestServer, WAIT, start, wait_until};
 use crate::peers::{Good, HttpPeer, Peer, Tracked, reset};
 use crate::{
     As, BUFFERED_PER_CONNECTION, CLIENTS, ClientOp, Frame, GHOST, GOOD, GOOD_BUDGET, HTTPS,
-    HandleOp, HttpOp, HttpPiece, Mode, Op, PushUri, Uid, server_config,
+    HandleOp, HttpOp, HttpPiece, Mode, Op, PushUri, Uid, server_config, token,
 };
 
 /// One push sent by the test, by its id (which its body carries).
@@ -146,7 +146,7 @@ impl Run {
         let server = start(server_config(auth.as_ref().map(ScriptedAuth::url)));
         let webhook = auth.is_some();
         let mut good = server.connect();
-        let token = accepting_token(GOOD, webhook);
+        let token = token(&Answer::Accept(GOOD.into()), webhook);
         assert!(
             good.authenticate(&token, WAIT).expect("an auth answer"),
             "the well-behaved client is refused"
@@ -185,8 +185,8 @@ impl Run {
                 let mut peer = Peer::connect(addr, book.new_source());
                 match who {
                     As::Anonymous => {}
-                    As::User(token) => {
-                        let bytes = peer.frame(book, webhook, &Frame::Auth(token.clone()));
+                    As::User(answer) => {
+                        let bytes = peer.frame(book, webhook, &Frame::Auth(answer.clone()));
                         peer.write(&bytes);
                     }
                     As::Inner => {
@@ -412,7 +412,7 @@ impl Run {
     /// A newcomer authenticates and gets a push, whatever the actors are doing. In webhook
     /// mode the auth service may be busy with answers that never come: retry until it is not.
     fn fresh_client_gets_a_push(&self) {
-        let token = accepting_token("fresh", self.webhook);
+        let token = token(&Answer::Accept("fresh".into()), self.webhook);
         let deadline = Instant::now() + WAIT;
         let mut c = loop {
             let mut c = self.server.connect();
@@ -427,14 +427,5 @@ impl Run {
         let handle = &self.server.handle;
         handle.push("fresh", "/p", "#fresh#").expect("push");
         assert_eq!(common::recv(&mut c).body, "#fresh#");
-    }
-}
-
-/// A token that authenticates as `uid`.
-fn accepting_token(uid: &str, webhook: bool) -> String {
-    if webhook {
-        Answer::Accept(uid.into()).token()
-    } else {
-        uid.into()
     }
 }
