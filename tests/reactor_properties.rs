@@ -321,10 +321,20 @@ enum Mode {
     Webhook(Vec<Prelude>),
 }
 
+/// How a case ends, once a fresh client has shown it can authenticate and get a push.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    /// Every actor leaves, then the server shuts down.
+    ActorsLeave,
+    /// The server shuts down with every actor still there.
+    Shutdown,
+}
+
 #[derive(Clone, Debug)]
 struct Case {
     mode: Mode,
     ops: Vec<Op>,
+    end: End,
 }
 
 // ---- Strategies.
@@ -510,7 +520,8 @@ fn case() -> impl Strategy<Value = Case> {
         2 => Just(Mode::Uid),
         1 => vec(prelude, 0..4).prop_map(Mode::Webhook),
     ];
-    (mode, vec(op(), 1..32)).prop_map(|(mode, ops)| Case { mode, ops })
+    let end = prop_oneof![3 => Just(End::ActorsLeave), 1 => Just(End::Shutdown)];
+    (mode, vec(op(), 1..32), end).prop_map(|(mode, ops, end)| Case { mode, ops, end })
 }
 
 proptest! {
@@ -529,7 +540,7 @@ fn run(case: &Case) {
         run.apply(op);
         run.check(&format!("after operation {n} ({op:?})"));
     }
-    run.finish();
+    run.finish(case.end);
 }
 
 // ---- Minimal failing sequences found by the property, kept as plain tests.
@@ -548,6 +559,7 @@ fn a_heartbeat_flood_that_never_reads_the_answers() {
                 Piece::Flood(Frame::Heartbeat, 20_000),
             ]),
         )],
+        end: End::ActorsLeave,
     });
 }
 
@@ -576,6 +588,7 @@ fn a_uid_listed_twice_gets_the_push_once() {
             }),
             Op::Http(0, HttpOp::Send(vec![HttpPiece::Request(request)])),
         ],
+        end: End::ActorsLeave,
     });
 }
 

@@ -534,6 +534,11 @@ impl Good {
         }
     }
 
+    /// The server has closed its connection.
+    pub fn closed(&self) -> bool {
+        self.log.lock().unwrap().lost.is_some()
+    }
+
     pub fn got(&self) -> Vec<Message> {
         self.log.lock().unwrap().got.clone()
     }

@@ -7,11 +7,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::scripted_auth::{Answer, ScriptedAuth};
-use crate::common::{self, TestServer, WAIT, start, wait_until};
+use crate::common::{self, Event, TestServer, WAIT, start, wait_until};
 use crate::peers::{Good, HttpPeer, Peer, Tracked, reset};
 use crate::{
-    As, BUFFERED_PER_CONNECTION, CLIENTS, ClientOp, Frame, GHOST, GOOD, GOOD_BUDGET, HTTPS,
-    HandleOp, HttpOp, HttpPiece, Mode, Op, PushUri, Uid, server_config, token,
+    As, BUFFERED_PER_CONNECTION, CLIENTS, ClientOp, End, Frame, GHOST, GOOD, GOOD_BUDGET, HTTPS,
+    HandleOp, HttpOp, HttpPiece, Mode, Op, PushUri, UIDS, Uid, server_config, token,
 };
 
 /// One push sent by the test, by its id (which its body carries).
@@ -114,6 +114,9 @@ pub fn broadcast_uri(sent: &Sent, uri: PushUri) -> PushUri {
         PushUri::Empty
     }
 }
+
+/// The body of the push that ends a case whose actors leave.
+const LAST: &str = "#last#";
 
 /// How long the end of a case waits for answers still on their way.
 const SETTLE: Duration = Duration::from_millis(500);
@@ -336,7 +339,14 @@ impl Run {
     pub fn check(&self, when: &str) {
         let stats = self.stats();
         self.good.check_connected();
-        assert!(stats.users >= 1, "{when}: no users: {stats:?}");
+        let closed: u64 = stats.closed.values().sum();
+        assert!(
+            stats.users >= 1
+                && stats.users + stats.inner <= stats.connections
+                && stats.uids <= stats.users
+                && stats.accepted == stats.connections + closed,
+            "{when}: inconsistent gauges: {stats:?}"
+        );
         // Versions without the memory gauge skip this check.
         let json = serde_json::to_value(&stats).unwrap();
         if let Some(buffered) = json["buffered_bytes"].as_u64() {
@@ -348,9 +358,50 @@ impl Run {
         }
     }
 
-    pub fn finish(mut self) {
+    pub fn finish(mut self, end: End) {
         self.settle();
         self.fresh_client_gets_a_push();
+        match end {
+            End::ActorsLeave => self.actors_leave(),
+            End::Shutdown => {
+                // With every actor still there: what the server owes is flushed, then it
+                // closes everything, the well-behaved client last of all.
+                self.server.handle.shutdown().expect("shutdown");
+                self.server.wait_finished();
+                let closed = wait_until(WAIT, || self.good.closed());
+                assert!(closed, "the well-behaved client is still connected");
+            }
+        }
+        self.check_good_log();
+        self.check_hooks();
+    }
+
+    /// The hooks heard each uid come online and go offline in turn, and nobody online once
+    /// the server has shut down; upstream messages came from actors.
+    fn check_hooks(&self) {
+        let events = self.server.events.snapshot();
+        let mut online: HashMap<&str, bool> = HashMap::new();
+        for e in &events {
+            match e {
+                Event::Online(uid) | Event::Offline(uid) => {
+                    let now = matches!(e, Event::Online(_));
+                    let was = online.insert(uid, now).unwrap_or(false);
+                    assert_ne!(was, now, "uid {uid} went {e:?} twice in a row: {events:?}");
+                }
+                Event::Upstream(uid, m) => {
+                    assert!(UIDS.contains(&uid.as_str()), "upstream from {uid}: {m:?}");
+                }
+            }
+        }
+        let still: Vec<&str> = (online.into_iter())
+            .filter_map(|(uid, on)| on.then_some(uid))
+            .collect();
+        assert!(still.is_empty(), "online after the shutdown: {still:?}");
+    }
+
+    /// Every actor leaves; the server is back to the well-behaved client alone, and then
+    /// shuts down.
+    fn actors_leave(&mut self) {
         self.clients.clear();
         self.https.clear();
         let ok = wait_until(WAIT, || {
@@ -364,13 +415,12 @@ impl Run {
         );
         // Pushes from every source were acknowledged before this one: it comes last.
         let handle = &self.server.handle;
-        handle.push(GOOD, "/p", "#end#").expect("push");
+        handle.push(GOOD, "/p", LAST).expect("push");
         let arrived = wait_until(WAIT, || {
-            self.good.got().last().is_some_and(|m| m.body == "#end#")
+            self.good.got().last().is_some_and(|m| m.body == LAST)
         });
         self.good.check_connected();
         assert!(arrived, "the last push never came: {:?}", self.good.got());
-        self.check_good_log();
         handle.shutdown().expect("shutdown");
         self.server.wait_finished();
     }
@@ -381,7 +431,7 @@ impl Run {
         let got = self.good.got();
         let mut seen = HashSet::new();
         let mut last: HashMap<u32, usize> = HashMap::new();
-        for m in &got[..got.len() - 1] {
+        for m in got.iter().filter(|m| m.body != LAST) {
             let id = Book::id_of(&m.body)
                 .unwrap_or_else(|| panic!("the well-behaved client got a stray message: {m:?}"));
             let sent = &self.book.sent[id];
