@@ -11,7 +11,8 @@ use crate::common::{self, Event, TestServer, WAIT, start, wait_until};
 use crate::peers::{Good, HttpPeer, Peer, Tracked, reset};
 use crate::{
     As, BUFFERED_PER_CONNECTION, CLIENTS, ClientOp, End, Frame, GHOST, GOOD, GOOD_BUDGET, HTTPS,
-    HandleOp, HttpOp, HttpPiece, Mode, Op, PushUri, UIDS, Uid, server_config, token,
+    HandleOp, HttpOp, HttpPiece, Mode, Op, PushUri, UIDS, Uid, buffered_bytes, server_config,
+    token,
 };
 
 /// One push sent by the test, by its id (which its body carries).
@@ -348,8 +349,7 @@ impl Run {
             "{when}: inconsistent gauges: {stats:?}"
         );
         // Versions without the memory gauge skip this check.
-        let json = serde_json::to_value(&stats).unwrap();
-        if let Some(buffered) = json["buffered_bytes"].as_u64() {
+        if let Some(buffered) = buffered_bytes(&stats) {
             assert!(
                 buffered <= stats.connections * BUFFERED_PER_CONNECTION,
                 "{when}: {buffered} bytes buffered for {} connections",
