@@ -708,7 +708,14 @@ impl Reactor {
             ctx.counters.closed(reason);
             ctx.gauges.clients -= 1;
             match conn.state {
-                conn::State::Unauthenticated { .. } => debug!("c#{key}: closed ({reason})"),
+                conn::State::Unauthenticated { pending, .. } => {
+                    debug!("c#{key}: closed ({reason})");
+                    if pending && let Some(webhook) = &mut self.webhook {
+                        // Its question may still wait for a connection to the service:
+                        // asking it would only delay the clients that are still there.
+                        webhook.forget(ConnRef::new(Kind::Client, key, conn.link.generation));
+                    }
+                }
                 conn::State::Inner => {
                     ctx.gauges.inner -= 1;
                     info!("c#{key}: inner connection closed ({reason})");
