@@ -140,7 +140,7 @@ pub struct Run {
     _stopper: Stopper,
     server: TestServer,
     /// Dropped last: pending authentications may still reach it until the server stops.
-    _auth: Option<ScriptedAuth>,
+    auth: Option<ScriptedAuth>,
 }
 
 impl Run {
@@ -165,7 +165,7 @@ impl Run {
             good: Good::start(good),
             _stopper: Stopper(server.handle.clone()),
             server,
-            _auth: auth,
+            auth,
         }
     }
 
@@ -362,12 +362,12 @@ impl Run {
 
     pub fn finish(mut self, end: End) {
         self.settle();
-        self.fresh_client_gets_a_push();
         match end {
             End::ActorsLeave => self.actors_leave(),
             End::Shutdown => {
+                self.fresh_client_gets_a_push(self.webhook);
                 // With every actor still there: what the server owes is flushed, then it
-                // closes everything, the well-behaved client last of all.
+                // closes everything, the well-behaved client among them.
                 self.server.handle.shutdown().expect("shutdown");
                 self.server.wait_finished();
                 let closed = wait_until(WAIT, || self.good.closed());
@@ -401,20 +401,17 @@ impl Run {
         assert!(still.is_empty(), "online after the shutdown: {still:?}");
     }
 
-    /// Every actor leaves; the server is back to the well-behaved client alone, and then
-    /// shuts down.
+    /// Every actor leaves; the server is back to the well-behaved client alone, a fresh
+    /// client authenticates at its first attempt, and the server shuts down.
     fn actors_leave(&mut self) {
         self.clients.clear();
         self.https.clear();
-        let ok = wait_until(WAIT, || {
-            let s = self.stats();
-            (s.connections, s.users, s.inner, s.uids, s.http_connections) == (1, 1, 0, 1, 0)
-        });
-        assert!(
-            ok,
-            "connections linger after every actor left: {:?}",
-            self.stats()
-        );
+        self.wait_for_good_alone("every actor left");
+        if let Some(auth) = &self.auth {
+            auth.script_connections(Vec::new());
+        }
+        self.fresh_client_gets_a_push(false);
+        self.wait_for_good_alone("the fresh client left");
         // Pushes from every source were acknowledged before this one: it comes last.
         let handle = &self.server.handle;
         handle.push(GOOD, "/p", LAST).expect("push");
@@ -425,6 +422,14 @@ impl Run {
         assert!(arrived, "the last push never came: {:?}", self.good.got());
         handle.shutdown().expect("shutdown");
         self.server.wait_finished();
+    }
+
+    fn wait_for_good_alone(&self, when: &str) {
+        let ok = wait_until(WAIT, || {
+            let s = self.stats();
+            (s.connections, s.users, s.inner, s.uids, s.http_connections) == (1, 1, 0, 1, 0)
+        });
+        assert!(ok, "{when}, connections linger: {:?}", self.stats());
     }
 
     /// Every push the well-behaved client got was addressed to it, deliverable, whole, once,
@@ -461,16 +466,16 @@ impl Run {
         }
     }
 
-    /// A newcomer authenticates and gets a push, whatever the actors are doing. In webhook
-    /// mode the auth service may be busy with answers that never come: retry until it is not.
-    fn fresh_client_gets_a_push(&self) {
+    /// A newcomer authenticates and gets a push. While actors keep the auth service busy
+    /// with answers that come late or never, it may take several attempts (`retry`).
+    fn fresh_client_gets_a_push(&self, retry: bool) {
         let token = token(&Answer::Accept("fresh".into()), self.webhook);
         let deadline = Instant::now() + WAIT;
         let mut c = loop {
             let mut c = self.server.connect();
             match c.authenticate(&token, WAIT) {
                 Ok(true) => break c,
-                result if self.webhook && Instant::now() < deadline => {
+                result if retry && Instant::now() < deadline => {
                     log::debug!("fresh client: {result:?}; retrying");
                 }
                 result => panic!("a fresh client cannot authenticate: {result:?}"),
