@@ -59,8 +59,8 @@ const BUFFERED_PER_CONNECTION: u64 = (2 * MAX_PENDING + MAX_INNER_FRAME + 4 * 10
 /// output limit) are set by name, and only where the version knows them: the same file then
 /// runs against older versions unchanged.
 fn server_config(auth_url: Option<String>) -> plex::Config {
-    // With the webhook, a client's answer may wait for others' (up to AuthWebhookTimeout
-    // each, two at a time): AuthTimeout leaves room for that.
+    // With the webhook, a client's answer may wait for the one in flight (up to
+    // AuthWebhookTimeout): AuthTimeout leaves room for that.
     let auth_timeout = if auth_url.is_some() { 3 } else { 1 };
     let mut settings = serde_json::json!({
         "AuthTimeout": auth_timeout,
@@ -75,7 +75,7 @@ fn server_config(auth_url: Option<String>) -> plex::Config {
         "MaxHttpBody": 16 * 1024,
         "ShutdownTimeout": 1,
         "AuthWebhookTimeout": 1,
-        "AuthWebhookConnections": 2,
+        "AuthWebhookConnections": 1,
     });
     for (key, value) in [("SoftPendingBytes", 16 * 1024), ("SoftPendingSeconds", 1)] {
         if plex::Config::from_json(&format!(r#"{{"{key}": {value}}}"#)).is_ok() {
@@ -318,6 +318,8 @@ enum Op {
     Client(u8, ClientOp),
     Http(u8, HttpOp),
     Handle(HandleOp),
+    /// Clients that connect, send this token and leave at once, one after the other.
+    Churn(Answer, u8),
     /// Milliseconds during which the actors do nothing: timeouts fire.
     Pause(u16),
 }
@@ -382,12 +384,12 @@ fn answer() -> impl Strategy<Value = Answer> {
     let uid = || (0..UIDS.len()).prop_map(|i| UIDS[i].to_owned());
     prop_oneof![
         6 => uid().prop_map(Answer::Accept),
-        1 => (0..1500u64, uid()).prop_map(|(ms, u)| Answer::Late(ms, u)),
+        2 => (0..1500u64, uid()).prop_map(|(ms, u)| Answer::Late(ms, u)),
         1 => uid().prop_map(Answer::Twice),
         1 => uid().prop_map(Answer::Chunked),
         2 => Just(Answer::Deny),
         1 => Just(Answer::NoUid),
-        1 => Just(Answer::Never),
+        2 => Just(Answer::Never),
         1 => vec(any::<u8>(), 0..40).prop_map(Answer::Garbage),
         1 => Just(Answer::Oversized),
         1 => Just(Answer::Close),
@@ -514,6 +516,7 @@ fn op() -> impl Strategy<Value = Op> {
         12 => (0..CLIENTS as u8, client_op()).prop_map(|(i, op)| Op::Client(i, op)),
         5 => (0..HTTPS as u8, http_op()).prop_map(|(i, op)| Op::Http(i, op)),
         3 => handle_op().prop_map(Op::Handle),
+        1 => (answer(), 1..16u8).prop_map(|(a, n)| Op::Churn(a, n)),
         1 => prop_oneof![3 => 0..200u16, 1 => 900..1300u16].prop_map(Op::Pause),
     ]
 }
@@ -572,18 +575,14 @@ fn a_heartbeat_flood_that_never_reads_the_answers() {
 }
 
 /// Clients that send a token the auth service is slow to answer, and leave at once. Found
-/// on 5162682: the webhook kept their requests queued after they had gone, and spent its
-/// connections on them (each up to AuthWebhookTimeout) while a fresh client timed out.
+/// on 5162682, shrunk to 14 clients answered 221 ms late (kept here with a wider margin):
+/// the webhook still asked about them after they had gone, one after the other, while a
+/// fresh client waited past its AuthTimeout.
 #[test]
 fn the_auth_service_is_not_asked_about_clients_that_have_gone() {
-    let mut ops = Vec::new();
-    for i in 0..CLIENTS as u8 {
-        ops.push(Op::Client(i, ClientOp::Connect(As::User(Answer::Never))));
-        ops.push(Op::Client(i, ClientOp::Close));
-    }
     run(&Case {
         mode: Mode::Webhook(Vec::new()),
-        ops,
+        ops: vec![Op::Churn(Answer::Late(500, UIDS[0].into()), 14)],
         end: End::ActorsLeave,
     });
 }

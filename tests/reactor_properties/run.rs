@@ -174,6 +174,14 @@ impl Run {
             Op::Client(i, op) => self.client(*i as usize, op),
             Op::Http(i, op) => self.http(*i as usize, op),
             Op::Handle(op) => self.handle(op),
+            Op::Churn(answer, times) => {
+                for _ in 0..*times {
+                    let mut peer = Peer::connect(self.server.addr, self.book.new_source());
+                    let bytes =
+                        peer.frame(&mut self.book, self.webhook, &Frame::Auth(answer.clone()));
+                    peer.write(&bytes);
+                }
+            }
             Op::Pause(ms) => std::thread::sleep(Duration::from_millis((*ms).into())),
         }
         self.pump();
