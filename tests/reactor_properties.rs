@@ -3,28 +3,35 @@
 //! promises a user relies on checked during and after each sequence.
 //!
 //! The actors: ten client sockets (any of which may authenticate as a user, as an inner
-//! connection, or never), three HTTP sockets, the handle, and in webhook cases an auth service
-//! whose answers the sequence scripts too. They connect, send any frame (valid messages of
+//! connection, or never), three HTTP sockets, the handle, bursts of clients that connect,
+//! send a token and leave, and in webhook cases an auth service whose answers the sequence
+//! scripts too (`common/scripted_auth.rs`). They connect, send any frame (valid messages of
 //! every uri, garbage, oversized headers, partial frames, any bytes, floods), stop and resume
 //! reading, half-close, reset, push, kick and broadcast over the handle or HTTP, and pause so
-//! that timeouts fire.
+//! that timeouts fire. A case ends with every actor leaving, or with a shutdown while they
+//! are all still there.
 //!
-//! Checked after every operation: the server answers (its reactor thread is alive) and holds
-//! no more memory than its limits allow. Checked throughout: a well-behaved client,
-//! authenticated at the start and always reading, keeps its connection; a server answer is
-//! one the protocol allows (no `/auth/success` without a token that could succeed, no push to
-//! a connection of another uid, well-formed HTTP answers with the status the request calls
+//! Checked after every operation: the server answers (its reactor thread is alive), its
+//! gauges add up, and its buffers stay within what its limits allow. Checked throughout: a
+//! well-behaved client, authenticated first and always reading, keeps its connection; every
+//! answer an actor reads is one the protocol allows (no `/auth/success` without a token that
+//! could succeed, no push for another uid, HTTP answers with the status the request calls
 //! for). Checked at the end: the well-behaved client got every push addressed to it that the
 //! server acknowledged (over the handle, in an HTTP 200, or before an inner connection's next
-//! heartbeat answer), each exactly once and in the order each source sent them, and nothing
-//! else; a fresh client can authenticate and get a push; once every actor has gone, the
-//! connection gauges are back to the well-behaved client alone.
+//! heartbeat answer), each once and in the order its source sent them, and nothing else;
+//! once the actors have left, the gauges are back to the well-behaved client alone and a
+//! fresh client authenticates at its first attempt and gets a push; the server shuts down;
+//! the hooks saw each uid go online and offline in turn.
 //!
 //! Checks never depend on timing: they wait on conditions with deadlines, and the generator's
-//! pauses only decide which timeouts fire. The default case count keeps the file to a few
-//! tens of seconds; `PROPTEST_CASES=2000 cargo test --release --test reactor_properties` runs
-//! longer. Failure persistence is off: a minimal failing sequence becomes a plain `#[test]`
-//! at the end of this file.
+//! pauses only decide which timeouts fire. A case takes about a third of a second; the
+//! default count keeps the file to about twenty seconds, and
+//! `PROPTEST_CASES=1000 cargo test --test reactor_properties` runs for about five minutes.
+//! Failure persistence is off: a minimal failing sequence becomes a plain `#[test]` at the
+//! end of this file.
+//!
+//! The file runs unchanged against older versions of the server: settings and gauges they
+//! lack are set and read by name, and the checks that need them are skipped.
 
 mod common;
 #[path = "reactor_properties/peers.rs"]
@@ -70,6 +77,7 @@ fn server_config(auth_url: Option<String>) -> plex::Config {
         "MaxInnerFrameSize": MAX_INNER_FRAME,
         "MaxBadFrames": 3,
         "MaxAuthFailures": 3,
+        // Fewer than the HTTP actors: eviction and refusal happen.
         "MaxHttpConnections": 2,
         "HttpIdleTimeout": 1,
         "MaxHttpBody": 16 * 1024,
@@ -114,8 +122,10 @@ const UIDS: [&str; 3] = ["u0", "u1", "u2"];
 const GOOD: &str = "good";
 /// A uid nobody has.
 const GHOST: &str = "ghost";
-/// Push bytes that may be addressed to the well-behaved client in one case: well under what
-/// the socket buffers hold, so that it is never a slow consumer however it is scheduled.
+/// Push bytes that may be addressed to the well-behaved client in one case. Pushes queued in
+/// one turn all count against `MaxPendingBytes` before the turn writes any, and the socket
+/// buffers take what it writes: under both, it is never a slow consumer however it is
+/// scheduled.
 const GOOD_BUDGET: usize = 48 * 1024;
 /// Most bytes one flood writes.
 const FLOOD_BYTES: usize = 1536 * 1024;
