@@ -95,19 +95,6 @@ impl std::fmt::Display for TooLarge {
     }
 }
 
-/// Delivers `{seq, uri, body}` to every live connection of each uid here. Returns the number
-/// of connections it was queued to. The caller has checked `uri`.
-pub fn push<S: AsRef<str>>(
-    ctx: &mut Ctx,
-    clients: &mut Table<ClientConn>,
-    frames: &mut Frames,
-    uids: &[S],
-    uri: &str,
-    body: &str,
-) -> Result<usize, TooLarge> {
-    push_placed(ctx, clients, frames, uids, uri, body, None)
-}
-
 /// The seq a push was given, and its place (epoch, offset) in each uid's history, in the
 /// order of its uids: what the cluster says of a retained push.
 pub struct Placed<'a> {
@@ -115,9 +102,11 @@ pub struct Placed<'a> {
     pub positions: &'a [(String, u64)],
 }
 
-/// [`push`], with the seq and places `placed` gives (the cluster's history) instead of new
-/// ones (a new seq, and a place in the in-memory history when it is on).
-pub fn push_placed<S: AsRef<str>>(
+/// Delivers `{seq, uri, body}` to every live connection of each uid here; returns the number
+/// of connections it was queued to. `placed` gives the seq and places the cluster's history
+/// gave it; without, it gets a new seq and, when the history is in memory, a place in it.
+/// The caller has checked `uri`, and lists each uid once.
+pub fn deliver_here<S: AsRef<str>>(
     ctx: &mut Ctx,
     clients: &mut Table<ClientConn>,
     frames: &mut Frames,
@@ -189,7 +178,7 @@ pub enum Sent {
 /// with their places. `local` says it stays here (`InnerPushLocal`); `waiting` makes what
 /// waits for the answer from the count of connections here.
 #[allow(clippy::too_many_arguments)]
-pub fn push_everywhere<S: AsRef<str>>(
+pub fn push<S: AsRef<str>>(
     ctx: &mut Ctx,
     clients: &mut Table<ClientConn>,
     frames: &mut Frames,
@@ -199,9 +188,23 @@ pub fn push_everywhere<S: AsRef<str>>(
     local: bool,
     waiting: impl FnOnce(usize) -> Waiting,
 ) -> Result<Sent, TooLarge> {
+    // A uid listed twice gets the push once, and takes one place in its history.
+    let (single, mut distinct);
+    let uids: &[&str] = match uids {
+        [uid] => {
+            single = [uid.as_ref()];
+            &single
+        }
+        _ => {
+            distinct = uids.iter().map(AsRef::as_ref).collect::<Vec<&str>>();
+            distinct.sort_unstable();
+            distinct.dedup();
+            &distinct
+        }
+    };
     let placing = ctx.cluster.as_ref().is_some_and(|c| c.history) && !local;
     if !placing {
-        let here = push(ctx, clients, frames, uids, uri, body)?;
+        let here = deliver_here(ctx, clients, frames, uids, uri, body, None)?;
         return Ok(match ctx.cluster.as_mut().filter(|_| !local) {
             Some(cluster) => match cluster.route(uids, uri, body, waiting(here)) {
                 Some(finished) => Sent::Failed(finished),
@@ -211,11 +214,9 @@ pub fn push_everywhere<S: AsRef<str>>(
         });
     }
     let seq = start(ctx, frames, uri, body, None)?.seq;
-    let here = (uids.iter())
-        .map(|uid| online(ctx, clients, uid.as_ref()))
-        .sum();
+    let here = uids.iter().map(|uid| online(ctx, clients, uid)).sum();
     let push = Unplaced {
-        uids: uids.iter().map(|uid| uid.as_ref().to_owned()).collect(),
+        uids: uids.iter().map(|uid| uid.to_string()).collect(),
         seq,
         uri: uri.to_owned(),
         body: body.to_owned(),
@@ -248,7 +249,7 @@ pub fn unplaced(
         seq: push.seq,
         positions: &[],
     };
-    let _ = push_placed(
+    let _ = deliver_here(
         ctx,
         clients,
         frames,
@@ -312,7 +313,7 @@ pub fn push_from_inner(
     let (uri, body) = (&request.uri, &request.body);
     let nobody = |_| Waiting::Nobody;
     // A push the cluster could not take is counted there; nobody waits for the answer.
-    if let Err(e) = push_everywhere(ctx, clients, frames, &uids, uri, body, local, nobody) {
+    if let Err(e) = push(ctx, clients, frames, &uids, uri, body, local, nobody) {
         ctx.counters.refused += 1;
         warn!("{from}: push to uid {:?} refused: {e}", request.uid);
     }

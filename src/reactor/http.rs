@@ -674,7 +674,7 @@ fn push(api: &mut Api, request: &Request) -> Outcome {
     let (conn, head) = (api.conn, &request.head);
     let waiting = |local| later(conn, head, Partial::Push { local });
     let frames = &mut api.push.frames;
-    match deliver::push_everywhere(
+    match deliver::push(
         api.ctx,
         api.clients,
         frames,

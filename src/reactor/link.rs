@@ -264,6 +264,8 @@ pub fn feed(
             && used < data.len()
         {
             data.drain(..used);
+            // Keep the partial frame's bytes, not the capacity of the read it came with.
+            data.shrink_to_fit();
             *kept = data;
         }
     }

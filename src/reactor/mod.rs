@@ -722,9 +722,7 @@ impl Reactor {
         match command {
             Command::Push { uids, uri, body } => {
                 let nobody = |_| cluster::Waiting::Nobody;
-                let sent = deliver::push_everywhere(
-                    ctx, clients, frame, &uids, &uri, &body, false, nobody,
-                );
+                let sent = deliver::push(ctx, clients, frame, &uids, &uri, &body, false, nobody);
                 if let Err(e) = sent {
                     ctx.counters.refused += 1;
                     warn!("handle: push to {uids:?} refused: {e}");
@@ -803,7 +801,7 @@ impl Reactor {
                         });
                         let (uids, uri, body) = (&p.uids, &p.uri, &p.body);
                         if let Err(e) =
-                            deliver::push_placed(ctx, clients, frames, uids, uri, body, placed)
+                            deliver::deliver_here(ctx, clients, frames, uids, uri, body, placed)
                         {
                             warn!("cluster: a push from another node refused: {e}");
                         }
@@ -972,7 +970,14 @@ impl Reactor {
             ctx.gauges.clients -= 1;
             ctx.gauges.transports[conn.transport() as usize] -= 1;
             match &conn.state {
-                conn::State::Unauthenticated { .. } => debug!("c#{key}: closed ({reason})"),
+                &conn::State::Unauthenticated { pending, .. } => {
+                    debug!("c#{key}: closed ({reason})");
+                    if pending && let Some(webhook) = &mut self.webhook {
+                        // Its question may still wait for a connection to the service:
+                        // asking it would only delay the clients that are still there.
+                        webhook.forget(ConnRef::new(Kind::Client, key, conn.link.generation));
+                    }
+                }
                 conn::State::Inner => {
                     ctx.gauges.inner -= 1;
                     info!("c#{key}: inner connection closed ({reason})");

@@ -131,6 +131,12 @@ impl Webhook {
         self.dispatch(core, registry, done);
     }
 
+    /// Drops the queued request of a client that has gone. One already sent is answered
+    /// and its verdict ignored.
+    pub fn forget(&mut self, ticket: ConnRef) {
+        self.queue.retain(|job| job.ticket != ticket);
+    }
+
     /// Hands queued jobs to idle connections, opening new ones up to the bound.
     fn dispatch(
         &mut self,

@@ -5,6 +5,7 @@
 pub mod chunks;
 pub mod hostile;
 pub mod redis;
+pub mod scripted_auth;
 pub mod transport;
 
 use std::io::{BufRead, BufReader};
