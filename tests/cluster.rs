@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -114,6 +115,24 @@ fn three_nodes_act_as_one() {
     );
     expect_msg(&mut bob, "/both", "x");
     expect_msg(&mut bob_on_c, "/both", "x");
+
+    // A caller that half-closes after its request still gets the answer the cluster makes.
+    let body = r#"{"uid":"bob","uri":"/half"}"#;
+    let request = format!(
+        "POST /plex/v1/push HTTP/1.1\r\nAuthorization: Bearer plex-inner\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut raw = std::net::TcpStream::connect(a.http).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    raw.write_all(request.as_bytes()).unwrap();
+    raw.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with(r#"{"delivered":2}"#), "{answer}");
+    expect(&mut bob, "/half");
+    expect(&mut bob_on_c, "/half");
 
     // Broadcast reaches every node's users.
     let mut alice_on_a = a.user("alice");

@@ -441,6 +441,21 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn requests_followed_by_a_half_close_are_all_answered_then_closed() {
+    let server = start(config());
+    let mut s = raw_connect(server.http);
+    let requests = "GET /plex/v1/host HTTP/1.1\r\n\r\n".repeat(3);
+    s.write_all(requests.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut pending = Vec::new();
+    for _ in 0..3 {
+        assert_eq!(read_raw(&mut s, &mut pending).status, 200);
+    }
+    assert_raw_closed(&mut s);
+    server.wait_stats("the close counted", |s| s.http_closed["peer_closed"] == 1);
+}
+
+#[test]
 fn a_request_split_byte_by_byte_is_answered() {
     let server = start(config());
     let mut s = raw_connect(server.http);

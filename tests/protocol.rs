@@ -24,6 +24,19 @@ fn auth_success_then_heartbeat_is_answered() {
 }
 
 #[test]
+fn a_client_that_half_closes_after_its_frames_still_gets_the_answers() {
+    let server = start(config());
+    let mut c = server.connect();
+    c.send(uri::AUTH, "alice").unwrap();
+    c.send(uri::HEARTBEAT, "").unwrap();
+    c.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(recv(&mut c).uri, uri::AUTH_SUCCESS);
+    assert_eq!(recv(&mut c).uri, uri::HEARTBEAT);
+    assert_closed(&mut c);
+    server.wait_online("alice", 0);
+}
+
+#[test]
 fn auth_failure_is_answered_and_the_connection_may_retry() {
     let server = start(config());
     let mut c = server.connect();

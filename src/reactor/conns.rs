@@ -86,6 +86,10 @@ pub enum Queued {
 pub trait HasLink {
     fn link(&self) -> &Link;
     fn link_mut(&mut self) -> &mut Link;
+    /// An answer it asked for is still to be written (it waits for the cluster, say).
+    fn awaits_answer(&self) -> bool {
+        false
+    }
 }
 
 pub struct Table<C> {
@@ -153,12 +157,24 @@ impl<C: HasLink> Table<C> {
     }
 
     /// One read from connection `r` into `buf`: `Some(n)` bytes to process, `None` when it
-    /// has nothing more for now, is gone, or has just closed (it is then doomed).
-    pub fn read(&mut self, r: ConnRef, buf: &mut [u8]) -> Option<usize> {
-        let link = self.get(r)?.link_mut();
+    /// has nothing more for now, is gone, or has just closed (it is then doomed, unless
+    /// answers are still going out to it: it closes after them).
+    pub fn read(&mut self, r: ConnRef, buf: &mut [u8], core: &mut Core) -> Option<usize> {
+        let conn = self.get(r)?;
+        let awaits_answer = conn.awaits_answer();
+        let link = conn.link_mut();
+        if link.peer_done {
+            return None;
+        }
         let reason = match link.read(buf) {
             Ok(Got::Data(n)) => return Some(n),
             Ok(Got::Blocked) => return None,
+            // A peer that half-closes after its last request still reads the answers.
+            Ok(Got::Eof) if link.closing.is_none() && (link.wants_write() || awaits_answer) => {
+                link.peer_done = true;
+                core.linger(link, r, CloseReason::PeerClosed, LINGER_TICKS);
+                return None;
+            }
             Ok(Got::Eof) => link.closing.unwrap_or(CloseReason::PeerClosed),
             Err(e) => {
                 debug!("{}: read: {e}", Self::name(r));
@@ -276,6 +292,12 @@ impl<C: HasLink> Table<C> {
             link.last_active = core.clock.tick32();
         }
         if link.shut_down && !before.1 {
+            if link.peer_done {
+                // Both sides are done: nothing to wait for.
+                let reason = link.closing.unwrap_or(CloseReason::PeerClosed);
+                self.doom(key, reason);
+                return Flushed::Done;
+            }
             // The deadline moves earlier: set the timer again.
             core.arm(link, r, deadline(link.last_active, LINGER_TICKS));
         }

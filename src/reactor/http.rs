@@ -69,6 +69,9 @@ impl HasLink for HttpConn {
     fn link_mut(&mut self) -> &mut Link {
         &mut self.link
     }
+    fn awaits_answer(&self) -> bool {
+        self.waiting
+    }
 }
 
 /// A complete request head, borrowing from the input.

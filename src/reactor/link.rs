@@ -44,6 +44,8 @@ pub struct Link {
     pub read_paused: bool,
     /// The half-close after the last byte of a closing connection has been sent.
     pub shut_down: bool,
+    /// The peer half-closed while it still had answers coming: it closes once they are out.
+    pub peer_done: bool,
 }
 
 /// Plaintext handed to rustls at once: one TLS record's worth, so that what waits for the
@@ -87,6 +89,7 @@ impl Link {
             dirty: false,
             read_paused: false,
             shut_down: false,
+            peer_done: false,
         }
     }
 

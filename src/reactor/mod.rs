@@ -329,7 +329,7 @@ impl Reactor {
     fn read_client(&mut self, r: ConnRef) {
         let tls_handshaking = self.clients.get(r).is_some_and(|c| c.link.is_handshaking());
         let mut budget = READ_BUDGET;
-        while let Some(n) = self.clients.read(r, &mut self.scratch) {
+        while let Some(n) = self.clients.read(r, &mut self.scratch, &mut self.ctx.core) {
             // A closing connection's input is discarded: it only waits for EOF.
             if self.clients[r.key()].link.closing.is_none() {
                 let mut clients = Clients {
@@ -364,7 +364,7 @@ impl Reactor {
     fn read_http(&mut self, r: ConnRef) {
         let mut budget = READ_BUDGET;
         while self.https.get(r).is_some_and(|c| !c.link.read_paused)
-            && let Some(n) = self.https.read(r, &mut self.scratch)
+            && let Some(n) = self.https.read(r, &mut self.scratch, &mut self.ctx.core)
         {
             if self.https[r.key()].link.closing.is_none() {
                 self.ingest_requests(r.key(), n);
