@@ -24,6 +24,8 @@ struct Key {
     help: &'static str,
     /// Masked in the summary, never echoed in errors, and readable from a file.
     secret: bool,
+    /// A secret as the summary shows it.
+    mask: fn(&str) -> String,
     /// Reads the field from JSON (text from a flag or variable arrives as a JSON string);
     /// the error says what a valid value looks like.
     set: fn(&mut Config, &Value) -> Result<(), String>,
@@ -43,6 +45,7 @@ macro_rules! key {
                 value: $value,
                 help: $help,
                 secret: false,
+                mask: |_| "***".to_owned(),
                 set: |config, value| {
                     config.$field = Setting::parse(value)?;
                     Ok(())
@@ -118,7 +121,8 @@ static KEYS: &[Key] = &[
     key!(codec, "Codec", "CODEC",
         "auto (each connection's first message decides), json or protobuf"),
     key!(redis, "Redis", "URL",
-        "cluster mode: redis://[user:password@]host:port/db shared by every node"),
+        "cluster mode: redis://[user:password@]host:port/db shared by every node",
+        secret = true, mask = mask_credentials),
     key!(advertise, "Advertise", "HOST:PORT",
         "client address this node announces (default: the first of OuterServers)"),
     key!(node_ttl, "NodeTtl", "SECS",
@@ -218,13 +222,23 @@ pub(super) fn summary(config: &Config) -> String {
         .map(|key| {
             let value = match (key.get)(config) {
                 None => "none".to_owned(),
-                Some(_) if key.secret => "***".to_owned(),
+                Some(value) if key.secret => (key.mask)(&value),
                 Some(value) => value,
             };
             format!("{}={value}", key.name)
         })
         .collect();
     fields.join(" ")
+}
+
+/// A URL with its user and password masked: where it points stays visible. Everything up to
+/// the last `@` goes, so a password with a stray `/` or `@` in it is masked too.
+fn mask_credentials(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
+        (Some(_), None) => url.to_owned(),
+        (None, _) => "***".to_owned(),
+    }
 }
 
 /// A value as one source gave it.
@@ -644,6 +658,26 @@ mod tests {
         assert_eq!(from_file, format!("{message} (from the config file)"));
         assert_eq!(from_flag, format!("{message} (from --port)"));
         assert_eq!(from_env, format!("{message} (from PLEX_PORT)"));
+    }
+
+    #[test]
+    fn a_redis_password_is_masked_but_the_host_shown() {
+        for (url, shown) in [
+            (
+                "redis://:hunter2@10.0.0.5:6379/0",
+                "redis://***@10.0.0.5:6379/0",
+            ),
+            (
+                "redis://plex:hun/ter@2@redis:6379",
+                "redis://***@redis:6379",
+            ),
+            ("redis://redis:6379/1", "redis://redis:6379/1"),
+            ("hunter2", "***"),
+        ] {
+            assert_eq!(mask_credentials(url), shown);
+        }
+        let c = from_json(r#"{"Redis": "redis://:hunter2@10.0.0.5:6379/0"}"#).unwrap();
+        assert!(summary(&c).contains("Redis=redis://***@10.0.0.5:6379/0"));
     }
 
     #[test]
