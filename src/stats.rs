@@ -38,6 +38,7 @@ impl Counters {
 }
 
 /// Live values read off the reactor's state when a snapshot is taken.
+#[derive(Default)]
 pub(crate) struct Gauges {
     pub connections: u64,
     pub users: u64,
@@ -213,6 +214,34 @@ impl Stats {
                 "1 while Redis is usable (cluster mode).",
                 up.into(),
             );
+            metric(
+                "unrouted_total",
+                "counter",
+                "Pushes the cluster could not take, delivered on this node only.",
+                self.unrouted,
+            );
+        }
+        if let (Some(bytes), Some(evicted), Some(expired)) =
+            (self.history_bytes, self.history_evicted, self.history_expired)
+        {
+            metric(
+                "history_bytes",
+                "gauge",
+                "Bytes the in-memory history holds against HistoryMemory.",
+                bytes,
+            );
+            metric(
+                "history_evicted_total",
+                "counter",
+                "Retained pushes dropped to stay under HistoryMemory.",
+                evicted,
+            );
+            metric(
+                "history_expired_total",
+                "counter",
+                "Retained pushes dropped at HistoryTtl.",
+                expired,
+            );
         }
         let counters = [
             (
@@ -317,6 +346,7 @@ mod tests {
             history: None,
         };
         let text = Stats::from_counters(&c, gauges, 9).to_prometheus();
+        assert!(!text.contains("unrouted") && !text.contains("history"));
         assert!(text.contains("# TYPE plex_pushes_total counter\nplex_pushes_total 7\n"));
         assert!(text.contains("# TYPE plex_connections gauge\nplex_connections 3\n"));
         assert!(text.contains("plex_closed_total{listener=\"client\",reason=\"kicked\"} 1\n"));
@@ -327,6 +357,26 @@ mod tests {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("plex_"), "{line}");
             value.parse::<u64>().unwrap();
+        }
+    }
+
+    #[test]
+    fn cluster_and_history_figures_are_metrics_where_they_apply() {
+        let gauges = Gauges {
+            cluster_up: Some(true),
+            unrouted: 4,
+            history: Some((100, 2, 3)),
+            ..Gauges::default()
+        };
+        let text = Stats::from_counters(&Counters::default(), gauges, 1).to_prometheus();
+        for line in [
+            "plex_cluster_up 1\n",
+            "# TYPE plex_unrouted_total counter\nplex_unrouted_total 4\n",
+            "# TYPE plex_history_bytes gauge\nplex_history_bytes 100\n",
+            "plex_history_evicted_total 2\n",
+            "plex_history_expired_total 3\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
         }
     }
 }
