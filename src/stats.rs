@@ -221,9 +221,11 @@ impl Stats {
                 self.unrouted,
             );
         }
-        if let (Some(bytes), Some(evicted), Some(expired)) =
-            (self.history_bytes, self.history_evicted, self.history_expired)
-        {
+        if let (Some(bytes), Some(evicted), Some(expired)) = (
+            self.history_bytes,
+            self.history_evicted,
+            self.history_expired,
+        ) {
             metric(
                 "history_bytes",
                 "gauge",

@@ -139,6 +139,73 @@ fn a_token_in_the_query_authenticates_at_the_upgrade() {
 }
 
 #[test]
+fn a_token_in_the_upgrade_may_resume_and_choose_protobuf() {
+    use plex::protocol::Codec;
+    let (server, at) = start_transports(plain_ws(Config {
+        history_size: 10,
+        ..config()
+    }));
+    for n in 1..=3 {
+        server.handle.push("7", "/m", &n.to_string()).unwrap();
+    }
+    let log: serde_json::Value = ureq::get(format!("http://{}/plex/v1/history?uid=7", server.http))
+        .header("Authorization", "Bearer plex-inner")
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    let epoch = log["epoch"].as_str().unwrap();
+    // The place it last received, in the query beside the token: it gets what followed.
+    let query = format!("?token=7&offset=1&epoch={epoch}");
+    let url = ws_url(at.ws(), false, &query);
+    let (mut phone, _) = ws_open(
+        at.ws(),
+        false,
+        ClientRequestBuilder::new(url.parse().unwrap()),
+    );
+    let answer = ws_expect(&mut phone, uri::AUTH_SUCCESS);
+    let resumed: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(
+        resumed,
+        serde_json::json!({"recovered": true, "epoch": epoch, "offset": 3})
+    );
+    assert_eq!(ws_expect(&mut phone, "/m").body, "2");
+    assert_eq!(ws_expect(&mut phone, "/m").body, "3");
+
+    // `codec=protobuf`: even the answer to the token comes in binary.
+    let url = ws_url(at.ws(), false, "?token=p&codec=protobuf");
+    let (mut p, _) = ws_open(
+        at.ws(),
+        false,
+        ClientRequestBuilder::new(url.parse().unwrap()),
+    );
+    let binary = |ws: &mut WsClient| match ws.read().unwrap() {
+        tungstenite::Message::Binary(bytes) => Codec::Protobuf.decode(&bytes).unwrap().into_owned(),
+        other => panic!("expected a binary frame, got {other:?}"),
+    };
+    assert_eq!(binary(&mut p).uri, uri::AUTH_SUCCESS);
+    server.handle.push("p", "/news", "x").unwrap();
+    assert_eq!(binary(&mut p).body, "x");
+
+    // Values the server cannot use are refused before the upgrade.
+    for query in ["?codec=xml", "?token=7&offset=many"] {
+        let answer = exchange(
+            at.ws(),
+            request(&format!("{PATH}{query}"), &HEADERS).as_bytes(),
+        );
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{query}: {answer}");
+    }
+    let (_json_only, at) = start_transports(plain_ws(Config {
+        codec: plex::protocol::CodecChoice::Json,
+        ..config()
+    }));
+    let target = format!("{PATH}?codec=protobuf");
+    let answer = exchange(at.ws(), request(&target, &HEADERS).as_bytes());
+    assert!(answer.contains("does not speak that codec"), "{answer}");
+}
+
+#[test]
 fn the_upgrade_and_a_first_message_in_one_write_are_both_read() {
     let (server, at) = start_transports(plain_ws(config()));
     let mut bytes = request(PATH, &HEADERS).into_bytes();

@@ -6,7 +6,7 @@
 use log::{debug, warn};
 
 use super::buffer::BufferPool;
-use super::conn::{ClientConn, State, Ws};
+use super::conn::{ClientConn, Resume, State, Ws};
 use super::conns::Table;
 use super::ctx::Ctx;
 use super::deliver::{self, PushBuffers};
@@ -15,7 +15,7 @@ use super::link::feed;
 use super::session::{self, Step};
 use crate::CloseReason;
 use crate::protocol::ws::{self, CloseCode, Message as WsMessage, Opcode};
-use crate::protocol::{Codec, Decoder};
+use crate::protocol::{Codec, CodecChoice, Decoder};
 
 /// What client-connection code works on for the length of a call.
 pub struct Clients<'a> {
@@ -191,7 +191,22 @@ impl Clients<'_> {
             Ok(accepted) => accepted,
             Err(rejected) => return self.refuse_upgrade(key, &rejected),
         };
+        let choice = self.ctx.limits.codec;
+        if let Some(codec) = accepted.codec
+            && choice != CodecChoice::Auto
+            && codec != choice.before_first_message()
+        {
+            let rejected = ws::Rejected {
+                status: 400,
+                message: "this server does not speak that codec",
+            };
+            return self.refuse_upgrade(key, &rejected);
+        }
         let conn = &mut self.table[key];
+        conn.codec = accepted.codec;
+        if let State::Unauthenticated { resume, .. } = &mut conn.state {
+            *resume = Resume::given(&accepted.position);
+        }
         accepted.write_response(conn.link.output(&mut self.ctx.core.pool));
         conn.ws.as_mut().expect("a WebSocket connection").open = true;
         // The handshake is over: from now on the auth timeout applies.
@@ -293,7 +308,6 @@ fn close_code(reason: CloseReason) -> Option<(CloseCode, &'static str)> {
         CloseReason::SlowConsumer => (CloseCode::Policy, "slow consumer"),
         CloseReason::BadFrames => (CloseCode::Protocol, "bad messages"),
         CloseReason::Shutdown => (CloseCode::GoingAway, "shutdown"),
-        CloseReason::HandshakeTimeout => (CloseCode::Policy, "handshake timeout"),
         _ => return None,
     })
 }

@@ -47,6 +47,18 @@ pub struct Resume {
     pub offset: u64,
 }
 
+impl Resume {
+    /// The place a client gave with its token; `None` if it gave none (it is not resuming).
+    pub fn given(at: &Position) -> Option<Box<Resume>> {
+        (!at.is_none()).then(|| {
+            Box::new(Resume {
+                epoch: at.epoch.to_string(),
+                offset: at.offset,
+            })
+        })
+    }
+}
+
 /// How a connection's messages are framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {

@@ -128,13 +128,7 @@ fn on_unauthenticated<'a>(
         }
         uri::AUTH => {
             if let State::Unauthenticated { resume, .. } = &mut conn.state {
-                let at = &message.position;
-                *resume = (!at.is_none()).then(|| {
-                    Box::new(Resume {
-                        epoch: at.epoch.to_string(),
-                        offset: at.offset,
-                    })
-                });
+                *resume = Resume::given(&message.position);
             }
             authenticate(ctx, conn, r, &message.body.to_cow())
         }

@@ -3,9 +3,12 @@
 //!
 //! A browser cannot set headers on a WebSocket, so the token comes in the one it can: the
 //! subprotocol list, as `plex.token.<token>` (alongside `plex`), or else in the query as
-//! `?token=`.
+//! `?token=`. What a client would otherwise say in its first message comes in the query too:
+//! `offset` and `epoch` to resume its history, `codec` for the answer to its token.
 
 use std::borrow::Cow;
+
+use crate::protocol::{Codec, Position};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -54,6 +57,10 @@ pub struct Accepted<'a> {
     pub token: Option<Cow<'a, str>>,
     /// The subprotocol echoed: `plex` if offered, else the token's own, else none.
     pub protocol: Option<&'a str>,
+    /// `?offset=&epoch=`: the last place in its history the client received.
+    pub position: Position<'static>,
+    /// `?codec=json|protobuf`: the codec the connection speaks from the start.
+    pub codec: Option<Codec>,
     /// The `Sec-WebSocket-Accept` value.
     pub accept: String,
 }
@@ -179,12 +186,15 @@ pub fn accept<'a>(request: &UpgradeRequest<'a>) -> Result<Accepted<'a>, Rejected
     let Some(key) = key.map(<[u8]>::trim_ascii).filter(|k| is_valid_key(k)) else {
         return Err(bad("Sec-WebSocket-Key must be 16 bytes in base64"));
     };
+    let query = Query::parse(request.query)?;
     let token = match token_protocol {
         Some(protocol) => Some(Cow::Borrowed(&protocol[TOKEN_PROTOCOL_PREFIX.len()..])),
-        None => query_token(request.query)?.map(Cow::Owned),
+        None => query.token.map(Cow::Owned),
     };
     Ok(Accepted {
         token,
+        position: query.position,
+        codec: query.codec,
         protocol: if offers_plex {
             Some(PROTOCOL)
         } else {
@@ -204,19 +214,45 @@ pub fn accept_key(key: &[u8]) -> String {
     BASE64.encode(Sha1::new().chain_update(key).chain_update(GUID).finalize())
 }
 
-/// The first non-empty `token` in a query string.
-fn query_token(query: &str) -> Result<Option<String>, Rejected> {
-    for pair in query.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let malformed = || bad("malformed query string");
-        if percent_decode(name).ok_or_else(malformed)? == "token" {
-            let token = percent_decode(value).ok_or_else(malformed)?;
-            if !token.is_empty() {
-                return Ok(Some(token));
+/// What the upgrade's query string says.
+#[derive(Default)]
+struct Query {
+    /// The first non-empty `token`.
+    token: Option<String>,
+    position: Position<'static>,
+    codec: Option<Codec>,
+}
+
+impl Query {
+    /// Reads `token`, `offset`, `epoch` and `codec`; other names are ignored.
+    fn parse(query: &str) -> Result<Query, Rejected> {
+        let mut parsed = Query::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let malformed = || bad("malformed query string");
+            let name = percent_decode(name).ok_or_else(malformed)?;
+            let value = percent_decode(value).ok_or_else(malformed)?;
+            match name.as_str() {
+                "token" if parsed.token.is_none() && !value.is_empty() => {
+                    parsed.token = Some(value);
+                }
+                "offset" => {
+                    parsed.position.offset =
+                        value.parse().map_err(|_| bad("offset must be a number"))?;
+                }
+                "epoch" => parsed.position.epoch = Cow::Owned(value),
+                "codec" => {
+                    parsed.codec = Some(match value.as_str() {
+                        "json" => Codec::Json,
+                        "protobuf" => Codec::Protobuf,
+                        _ => return Err(bad("codec must be json or protobuf")),
+                    });
+                }
+                _ => {}
             }
         }
+        Ok(parsed)
     }
-    Ok(None)
 }
 
 /// Decodes `%XX` escapes and `+` (a space in query strings); `None` if malformed or not UTF-8.
