@@ -369,6 +369,11 @@ impl Config {
     pub fn summary(&self) -> String {
         keys::summary(self)
     }
+
+    /// The names of the keys set differently in `other`, in `--help` order.
+    pub fn changed_keys(&self, other: &Config) -> Vec<&'static str> {
+        keys::changed(self, other)
+    }
 }
 
 /// An `http://host[:port]/path` URL, the only kind the auth webhook speaks.

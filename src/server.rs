@@ -82,9 +82,11 @@ impl ServerBuilder {
 
     /// How to read the configuration again on SIGHUP (with `handle_signals`). The running
     /// server takes from it what can change without a restart: `InnerPassword`,
-    /// `MetricsToken`, `OuterServers`, the connection caps, output limits and timeouts. The
-    /// listeners, `LittleEndian`, the frame limits and the auth mode stay as they were (a
-    /// warning names any that changed). An error leaves the running configuration as it is.
+    /// `MetricsToken`, `OuterServers`, `Codec`, the connection caps, output limits and
+    /// timeouts, and the TLS certificate. Everything else (listeners, `LittleEndian`, the frame
+    /// limits, the auth mode, the cluster and history settings) stays as started; the log
+    /// names what was applied and what needs a restart. An error leaves the running
+    /// configuration as it is.
     pub fn on_reload(mut self, f: impl FnMut() -> Result<Config, String> + Send + 'static) -> Self {
         self.reload = Some(Box::new(f));
         self

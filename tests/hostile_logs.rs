@@ -74,15 +74,7 @@ fn secrets_in_odd_shapes_never_reach_the_log_and_uids_cannot_forge_lines() {
     assert!(!c.authenticate_inner(&format!("{PASSWORD}x"), WAIT).unwrap());
     assert!(c.authenticate_inner(PASSWORD, WAIT).unwrap());
     // A bearer that is wrong but looks like a secret.
-    let http: std::net::SocketAddr = server
-        .logged_line("listening for the HTTP API on ")
-        .expect("the HTTP listener's line")
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut api = RawHttp::new(std::net::TcpStream::connect(http).unwrap());
+    let mut api = RawHttp::new(std::net::TcpStream::connect(server.http).unwrap());
     let bearer = format!("Bearer {BEARER_SECRET}");
     api.send(&request("GET", "/plex/v1/stats", Some(&bearer), ""));
     assert_eq!(api.response().status, 401);

@@ -105,7 +105,14 @@ fn sighup_reloads_the_inner_password_and_keeps_serving() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("inner-password");
     std::fs::write(&file, "first-password\n").unwrap();
-    let args = ["--inner-password-file", file.to_str().unwrap()];
+    let settings = dir.join("plex.json");
+    std::fs::write(&settings, r#"{"HistorySize": 10, "MaxConnection": 100}"#).unwrap();
+    let args = [
+        "--inner-password-file",
+        file.to_str().unwrap(),
+        "--config",
+        settings.to_str().unwrap(),
+    ];
     let mut server = ChildServer::spawn(&args, "info", None);
     let mut user = plex::client::Connection::connect(server.addr, ByteOrder::Big).unwrap();
     assert!(user.authenticate("7", WAIT).unwrap());
@@ -113,13 +120,37 @@ fn sighup_reloads_the_inner_password_and_keeps_serving() {
     assert!(inner.authenticate_inner("first-password", WAIT).unwrap());
 
     std::fs::write(&file, "second-password\n").unwrap();
+    std::fs::write(&settings, r#"{"HistorySize": 20, "MaxConnection": 200}"#).unwrap();
     server.signal("HUP");
+    // The log says what was applied, and what needs a restart.
+    let applied = || server.logged_line("SIGHUP: applied");
     assert!(
-        wait_until(WAIT, || server.logged("SIGHUP: reloaded")),
+        wait_until(WAIT, || applied().is_some()),
+        "{:?}",
+        server.log()
+    );
+    assert!(
+        applied()
+            .unwrap()
+            .ends_with("SIGHUP: applied InnerPassword, MaxConnection"),
+        "{:?}",
+        server.log()
+    );
+    assert!(
+        wait_until(WAIT, || server
+            .logged("SIGHUP: HistorySize changed but need a restart")),
         "{:?}",
         server.log()
     );
     server.assert_running();
+    // OuterServers, unset, still defaults to the client listener.
+    let host: serde_json::Value = ureq::get(format!("http://{}/plex/v1/host", server.http))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    assert_eq!(host["host"], server.addr.to_string());
     let mut old = plex::client::Connection::connect(server.addr, ByteOrder::Big).unwrap();
     assert!(!old.authenticate_inner("first-password", WAIT).unwrap());
     let mut new = plex::client::Connection::connect(server.addr, ByteOrder::Big).unwrap();

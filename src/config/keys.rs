@@ -231,6 +231,14 @@ pub(super) fn summary(config: &Config) -> String {
     fields.join(" ")
 }
 
+/// The names of the keys whose values differ between `a` and `b`, in `--help` order.
+pub(super) fn changed(a: &Config, b: &Config) -> Vec<&'static str> {
+    (KEYS.iter())
+        .filter(|key| (key.get)(a) != (key.get)(b))
+        .map(|key| key.name)
+        .collect()
+}
+
 /// A URL with its user and password masked: where it points stays visible. Everything up to
 /// the last `@` goes, so a password with a stray `/` or `@` in it is masked too.
 fn mask_credentials(url: &str) -> String {

@@ -97,25 +97,41 @@ impl Limits {
     }
 }
 
+/// The keys SIGHUP applies to the running server (`TlsCert` and `TlsKey`: the listeners'
+/// certificate, read again even when the paths are the same). Any other key needs a restart.
+pub const RELOADABLE: &[&str] = &[
+    "OuterServers",
+    "InnerPassword",
+    "MaxConnection",
+    "AuthTimeout",
+    "HeartbeatTimeout",
+    "MaxAuthFailures",
+    "MaxBadFrames",
+    "MaxPendingBytes",
+    "SoftPendingBytes",
+    "SoftPendingSeconds",
+    "SocketSendBuffer",
+    "ShutdownTimeout",
+    "MaxHttpBody",
+    "HttpIdleTimeout",
+    "MaxHttpConnections",
+    "MetricsToken",
+    "TlsCert",
+    "TlsKey",
+    "HandshakeTimeout",
+    "Codec",
+];
+
 impl Limits {
-    /// Takes from a reloaded configuration what may change while clients are connected;
-    /// returns the keys that changed but need a restart.
-    pub fn reload(&mut self, config: &Config) -> Vec<&'static str> {
-        let fresh = Limits::new(config);
-        let mut restart = Vec::new();
-        if fresh.order != self.order {
-            restart.push("LittleEndian");
-        }
-        if (fresh.max_frame, fresh.max_inner_frame) != (self.max_frame, self.max_inner_frame) {
-            restart.push("MaxFrameSize/MaxInnerFrameSize");
-        }
+    /// Takes from a reloaded configuration what may change while clients are connected: all
+    /// but the byte order and the frame limits, which the decoders were built with.
+    pub fn reload(&mut self, config: &Config) {
         *self = Limits {
             order: self.order,
             max_frame: self.max_frame,
             max_inner_frame: self.max_inner_frame,
-            ..fresh
+            ..Limits::new(config)
         };
-        restart
     }
 }
 

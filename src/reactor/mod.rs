@@ -130,6 +130,10 @@ pub(crate) struct Reactor {
     signals: Option<Signals>,
     /// Accepting is paused until this tick after running out of file descriptors.
     accept_paused_until: Option<u64>,
+    /// The configuration the server started with, and the last one SIGHUP applied: what a
+    /// reload changes is told against each.
+    started: Box<Config>,
+    applied: Box<Config>,
 }
 
 impl Reactor {
@@ -188,6 +192,8 @@ impl Reactor {
             cluster_left: false,
             signals,
             accept_paused_until: None,
+            started: Box::new(config.clone()),
+            applied: Box::new(config.clone()),
         };
         Ok((reactor, handle))
     }
@@ -1061,20 +1067,31 @@ impl Reactor {
             _ => Ok(None),
         };
         match config.and_then(|config| tls.map(|tls| (config, tls))) {
-            Ok((config, tls)) => {
-                let restart = self.ctx.limits.reload(&config);
-                let certificate = if let Some(tls) = tls {
+            Ok((mut config, tls)) => {
+                // Unset, it still means the client listener, as at the start.
+                if config.outer_servers.is_empty() {
+                    config.outer_servers = self.started.outer_servers.clone();
+                }
+                self.ctx.limits.reload(&config);
+                let mut reloaded = self.applied.changed_keys(&config);
+                reloaded.retain(|key| ctx::RELOADABLE.contains(key));
+                if let Some(tls) = tls {
                     self.tls = Some(tls);
-                    ", the TLS certificate"
-                } else {
-                    ""
-                };
-                info!(
-                    "SIGHUP: reloaded InnerPassword, MetricsToken, OuterServers, connection caps, \
-                     output limits and timeouts{certificate}"
-                );
+                    reloaded.push("the TLS certificate");
+                }
+                reloaded.dedup();
+                let mut restart = self.started.changed_keys(&config);
+                restart.retain(|key| !ctx::RELOADABLE.contains(key));
+                *self.applied = config;
+                match reloaded.as_slice() {
+                    [] => info!("SIGHUP: configuration read again; nothing to change"),
+                    keys => info!("SIGHUP: applied {}", keys.join(", ")),
+                }
                 if !restart.is_empty() {
-                    warn!("SIGHUP: {} changed but need a restart", restart.join(", "));
+                    warn!(
+                        "SIGHUP: {} changed but need a restart; running as started",
+                        restart.join(", ")
+                    );
                 }
             }
             Err(e) => warn!("SIGHUP: reload failed, keeping the running configuration: {e}"),

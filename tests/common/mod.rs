@@ -379,6 +379,8 @@ pub struct ChildServer {
     /// Drains the child's stderr; finished once the child has exited and every line is in.
     reader: Option<JoinHandle<()>>,
     pub addr: SocketAddr,
+    /// The HTTP API's address.
+    pub http: SocketAddr,
 }
 
 impl ChildServer {
@@ -413,16 +415,23 @@ impl ChildServer {
             log,
             reader: Some(reader),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
+        server.addr = server.listening("listening for clients on ");
+        server.http = server.listening("listening for the HTTP API on ");
+        server
+    }
+
+    /// The address in the log line that starts with `what`, once it is logged.
+    fn listening(&self, what: &str) -> SocketAddr {
         let mut line = None;
         let ok = wait_until(WAIT, || {
-            line = server.logged_line("listening for clients on ");
+            line = self.logged_line(what);
             line.is_some()
         });
-        assert!(ok, "no listening line: {:?}", server.log.lock().unwrap());
+        assert!(ok, "no {what:?} line: {:?}", self.log.lock().unwrap());
         let addr = line.unwrap().rsplit(' ').next().unwrap().to_owned();
-        server.addr = addr.parse().expect("address in the log line");
-        server
+        addr.parse().expect("address in the log line")
     }
 
     /// The first line of the server's log that contains `what`.
