@@ -37,6 +37,8 @@ ENV PLEX_PORT=9578 \
     PLEX_HTTP_BIND_ADDRESS=0.0.0.0 \
     PLEX_LOG_FORMAT=json \
     RUST_LOG=info
+# The TLS and WebSocket listeners have no default port: set PLEX_TLS_PORT or PLEX_WS_PORT
+# and publish it as well (-p 9443:9443).
 EXPOSE 9578 9579
 # The slim image has no curl or wget; bash (always there) speaks enough HTTP through
 # /dev/tcp. The probe needs the HTTP listener on loopback or 0.0.0.0. With curl installed
