@@ -449,3 +449,37 @@ fn with_redis_down_the_history_fails_clearly_and_live_pushes_go_on() {
     assert_eq!(recv_at(&mut tablet), ("4".into(), new_epoch, 1));
     assert_alive(&mut phone);
 }
+
+#[test]
+fn a_push_that_comes_while_a_resume_waits_for_redis_is_not_lost() {
+    let redis = RedisServer::start();
+    let a = node_with(&redis, |c| {
+        c.history_size = 10;
+        c.inner_push_local = true;
+    });
+    let mut inner = a.inner();
+    // Redis hangs: the resume's history read waits (until the broker gives up on it).
+    redis.pause();
+    let tablet = {
+        let addr = a.addr;
+        std::thread::spawn(move || {
+            let mut tablet =
+                plex::client::Connection::connect(addr, plex::protocol::ByteOrder::Big).unwrap();
+            let resumed = tablet
+                .resume("7", ("some-epoch", 3), WAIT)
+                .unwrap()
+                .unwrap();
+            (tablet, resumed)
+        })
+    };
+    // (Its connection counts here at once; `online` would ask the hanging Redis.)
+    a.wait_stats("the tablet authenticated", |s| s.users == 1);
+    // Meanwhile a push that the history does not keep (InnerPushLocal) is held for it.
+    push(&mut inner, "7", "/m", "held");
+    // (The broker gives up on Redis after a second: the push comes well before.)
+    let (mut tablet, resumed) = tablet.join().unwrap();
+    redis.resume();
+    assert!(!resumed.recovered, "{resumed:?}");
+    expect_msg(&mut tablet, "/m", "held");
+    assert_alive(&mut tablet);
+}

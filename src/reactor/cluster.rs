@@ -15,11 +15,14 @@ use std::time::Duration;
 use log::{info, warn};
 use mio::Waker;
 
+use super::clients::Clients;
 use super::conns::ConnRef;
+use super::{Reactor, api, conn, deliver, http, session};
 use crate::cluster::{
     self, Broker, ClusterConfig, ClusterError, Event, HistorySettings, NodeInfo, Reply, Request,
 };
 use crate::config::Config;
+use crate::history;
 
 /// Ticks between two reports of this node's load.
 const LOAD_TICKS: u64 = 10;
@@ -297,5 +300,178 @@ impl Cluster {
         (self.nodes.iter())
             .min_by_key(|n| n.connections)
             .map(|n| n.advertise.as_str())
+    }
+}
+
+impl Reactor {
+    /// What the cluster's broker reported: pushes, broadcasts and kicks from other nodes for
+    /// the connections here, answers to requests, the node list, Redis up or down.
+    pub(super) fn cluster_events(&mut self) {
+        self.cluster_left = false;
+        let Some(cluster) = &mut self.ctx.cluster else {
+            return;
+        };
+        for event in cluster.events() {
+            let (ctx, clients, frames) = (&mut self.ctx, &mut self.clients, &mut self.push.frames);
+            match event {
+                Event::Deliver(pushes) => {
+                    for p in pushes {
+                        // A retained push comes with the seq its sender gave it and its places.
+                        let placed = p.seq.map(|seq| deliver::Placed {
+                            seq: seq as i64,
+                            positions: &p.positions,
+                        });
+                        let (uids, uri, body) = (&p.uids, &p.uri, &p.body);
+                        if let Err(e) =
+                            deliver::deliver_here(ctx, clients, frames, uids, uri, body, placed)
+                        {
+                            warn!("cluster: a push from another node refused: {e}");
+                        }
+                    }
+                }
+                Event::Broadcast { uri, body } => {
+                    if let Err(e) = deliver::broadcast(ctx, clients, frames, &uri, &body) {
+                        warn!("cluster: a broadcast from another node refused: {e}");
+                    }
+                }
+                Event::Kick { uid } => {
+                    deliver::kick(ctx, clients, &uid);
+                }
+                Event::Reply { id, result } => {
+                    let cluster = ctx.cluster.as_mut().expect("cluster mode");
+                    if let Some(finished) = cluster.answered(id, result) {
+                        self.finish(finished);
+                    }
+                }
+                Event::Nodes(nodes) => {
+                    ctx.cluster.as_mut().expect("cluster mode").nodes = nodes;
+                }
+                Event::Up => {
+                    info!("cluster: Redis is up; this node is registered");
+                    ctx.cluster.as_mut().expect("cluster mode").up = true;
+                }
+                Event::Down(reason) => {
+                    warn!("cluster: Redis is down: {reason}; serving local connections only");
+                    let cluster = ctx.cluster.as_mut().expect("cluster mode");
+                    cluster.up = false;
+                    cluster.down_reason = reason;
+                }
+            }
+        }
+    }
+
+    /// A request that waited for the cluster is answered.
+    pub(super) fn finish(&mut self, finished: Finished) {
+        let Finished { waiting, result } = finished;
+        match waiting {
+            Waiting::Kick { reply, local } => {
+                let remote = match result {
+                    Ok(Reply::Kicked { remote }) => remote as usize,
+                    _ => 0,
+                };
+                let _ = reply.send(local + remote);
+            }
+            Waiting::Online { reply, local } => {
+                let counts = match result {
+                    Ok(Reply::Online(remote)) => (local.iter().zip(remote))
+                        .map(|(&l, r)| l + r as usize)
+                        .collect(),
+                    _ => local,
+                };
+                let _ = reply.send(counts);
+            }
+            Waiting::Nobody => {}
+            Waiting::Retain { .. } => {
+                let finished = match result {
+                    // Placed: this node's connections get it back through the cluster.
+                    Ok(Reply::Retained { remote, .. }) => {
+                        let Waiting::Retain { then, .. } = waiting else {
+                            unreachable!("matched above")
+                        };
+                        Finished {
+                            waiting: *then,
+                            result: Ok(Reply::Routed { remote }),
+                        }
+                    }
+                    result => {
+                        let (ctx, clients, frames) =
+                            (&mut self.ctx, &mut self.clients, &mut self.push.frames);
+                        let finished = Finished { waiting, result };
+                        deliver::unplaced(ctx, clients, frames, finished)
+                    }
+                };
+                self.finish(finished);
+            }
+            Waiting::Resume { conn } => {
+                let Some(client) = self.clients.get(conn) else {
+                    return; // the client left meanwhile
+                };
+                let conn::State::Resuming(resuming) =
+                    std::mem::replace(&mut client.state, conn::State::Inner)
+                else {
+                    unreachable!("only resuming connections wait for their history");
+                };
+                client.state = conn::State::User {
+                    uid: resuming.uid.clone(),
+                };
+                let recovery = match result {
+                    Ok(Reply::History {
+                        epoch,
+                        offset,
+                        acked,
+                        pushes,
+                    }) => {
+                        let pushes = (pushes.into_iter())
+                            .map(|p| history::Retained {
+                                offset: p.offset,
+                                seq: p.seq as i64,
+                                uri: p.uri,
+                                body: p.body,
+                            })
+                            .collect();
+                        let log = history::Log {
+                            epoch,
+                            offset,
+                            acked,
+                            pushes,
+                        };
+                        let at = &resuming.resume;
+                        history::Recovery::from_history(&at.epoch, at.offset, log)
+                    }
+                    _ => history::Recovery::lost(),
+                };
+                let step = session::replay(
+                    &mut self.ctx,
+                    client,
+                    conn,
+                    &resuming.resume,
+                    recovery,
+                    &resuming.held,
+                );
+                let mut clients = Clients {
+                    ctx: &mut self.ctx,
+                    table: &mut self.clients,
+                    push: &mut self.push,
+                };
+                clients.apply(conn.key(), step);
+                clients.settle_output(conn.key());
+            }
+            Waiting::Http { conn, answer } => {
+                let Some(http) = self.https.get(conn) else {
+                    return; // the client left meanwhile
+                };
+                http.waiting = false;
+                let response = api::finish(&answer, result);
+                http::respond(
+                    &mut self.ctx,
+                    &mut self.https,
+                    conn.key(),
+                    &response,
+                    answer.close,
+                );
+                // Its pipelined requests are answered once this response is out.
+                self.resume_http(conn);
+            }
+        }
     }
 }

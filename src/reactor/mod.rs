@@ -7,14 +7,18 @@
 //! `Step` or doom it, and only `reap` takes connections out of their tables, so a key stays
 //! valid for the whole turn. See doc/LIFECYCLE.md for the life of a connection.
 
+mod accept;
+mod api;
 mod buffer;
 mod clients;
 mod cluster;
+mod commands;
 mod conn;
 mod conns;
 mod ctx;
 mod deliver;
 pub(crate) mod http;
+mod lifecycle;
 mod link;
 mod registry;
 mod session;
@@ -25,23 +29,22 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 use mio::event::Event;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::cluster::{Event as ClusterEvent, Reply as ClusterReply};
 use crate::config::Config;
-use crate::handle::{self, Command, Commands, Handle};
-use crate::history;
+use crate::handle::{self, Commands, Handle};
 use crate::stats::Stats;
 use crate::upstream::{Verdict, Webhook};
+use api::Api;
 use clients::Clients;
 use conn::ClientConn;
 use ctx::Ctx;
 use deliver::PushBuffers;
-use http::{Api, HttpConn};
+use http::HttpConn;
 
 pub use conn::{CloseReason, Transport};
 pub(crate) use conns::{ConnRef, HasLink, Kind, Table};
@@ -81,10 +84,6 @@ const SIGNALS: Token = ConnRef::fixed(5);
 const SCRATCH_LEN: usize = 64 * 1024;
 /// Bytes read from one connection per readiness before the others get their turn.
 const READ_BUDGET: usize = 64 * 1024;
-/// Handle commands run per turn before I/O gets its turn again.
-const COMMAND_BUDGET: usize = 4096;
-/// Pause after the process runs out of descriptors, before accepting again.
-const ACCEPT_PAUSE_TICKS: u64 = 1;
 
 /// How tokens are checked: a function, or the reactor's own webhook client.
 pub(crate) enum AuthSource {
@@ -440,165 +439,6 @@ impl Reactor {
         self.unread.append(&mut rest);
     }
 
-    /// Accepts every pending connection; returns whether it stopped for lack of descriptors
-    /// or memory (accepting is then paused).
-    fn accept(&mut self, side: Side) -> bool {
-        // Connections are stamped with a fresh clock: a busy turn must not age them.
-        self.ctx.core.clock.update();
-        loop {
-            let Some(listener) = &self.listeners[side as usize] else {
-                return false;
-            };
-            match listener.accept() {
-                Ok((stream, addr)) => match side {
-                    Side::Http => self.admit_http(stream, addr),
-                    _ => self.admit_client(side, stream, addr),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_transient_accept_error(&e) => debug!("accept: {e}"),
-                Err(e) => {
-                    // Out of descriptors or memory: the pending connections stay in the backlog;
-                    // retry after a pause rather than spin on an ever-readable listener.
-                    if self.accept_paused_until.is_none() {
-                        warn!("accept failed, pausing accepts: {e}");
-                    }
-                    self.accept_paused_until = Some(self.ctx.core.clock.tick + ACCEPT_PAUSE_TICKS);
-                    return true;
-                }
-            }
-        }
-    }
-
-    fn retry_accepts(&mut self) {
-        if self
-            .accept_paused_until
-            .is_some_and(|t| t <= self.ctx.core.clock.tick)
-        {
-            // Every listener is retried (connections wait in each backlog, and no new
-            // readiness comes for them); the pause ends when none runs short.
-            let mut saturated = false;
-            for side in Side::ALL {
-                saturated |= self.accept(side);
-            }
-            if !saturated {
-                self.accept_paused_until = None;
-                info!("accepting again");
-            }
-        }
-    }
-
-    fn admit_client(&mut self, side: Side, stream: TcpStream, addr: SocketAddr) {
-        let cap = self.ctx.limits.max_connection;
-        if cap > 0 && self.ctx.gauges.clients as usize >= cap {
-            self.ctx.counters.rejected += 1;
-            debug!("{addr}: refused, client connection cap of {cap} reached");
-            return;
-        }
-        self.tune(&stream, addr);
-        let tls = match (side, &self.tls) {
-            (Side::Tls | Side::Ws, Some(config)) => {
-                match rustls::ServerConnection::new(config.clone()) {
-                    Ok(session) => Some(Box::new(session)),
-                    Err(e) => {
-                        error!("{addr}: cannot start a TLS session: {e}");
-                        return;
-                    }
-                }
-            }
-            _ => None,
-        };
-        let now = self.ctx.core.clock.tick32();
-        let r = self.clients.next_ref();
-        let mut link = Link::new(stream, r.generation(), now);
-        link.tls = tls;
-        let mut conn = ClientConn::new(link);
-        if side == Side::Ws {
-            conn.ws = Some(Box::default());
-        }
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut conn.link.stream, r.token(), Interest::READABLE)
-        {
-            error!("{addr}: cannot register connection: {e}");
-            return;
-        }
-        let (due, _) = session::timeout_of(&self.ctx, &conn);
-        self.ctx.core.arm(&mut conn.link, r, due);
-        self.ctx.gauges.transports[conn.transport() as usize] += 1;
-        self.clients.insert(conn);
-        self.ctx.counters.accepted += 1;
-        self.ctx.gauges.clients += 1;
-        debug!(
-            "{addr}: accepted on {side:?} as {}",
-            Table::<ClientConn>::name(r)
-        );
-    }
-
-    /// Socket options of every accepted connection.
-    fn tune(&self, stream: &TcpStream, addr: SocketAddr) {
-        let socket = socket2::SockRef::from(stream);
-        // Pushes and answers are small and latency matters more than packet count.
-        if let Err(e) = socket.set_tcp_nodelay(true) {
-            debug!("{addr}: set_nodelay: {e}");
-        }
-        // A peer that never reads cannot park more than this in kernel memory.
-        let send_buffer = self.ctx.limits.socket_send_buffer;
-        if send_buffer > 0
-            && let Err(e) = socket.set_send_buffer_size(send_buffer)
-        {
-            debug!("{addr}: SO_SNDBUF: {e}");
-        }
-    }
-
-    fn admit_http(&mut self, stream: TcpStream, addr: SocketAddr) {
-        let cap = self.ctx.limits.max_http_connections;
-        if self.https.len() >= cap && !self.evict_http() {
-            self.ctx.counters.http_rejected += 1;
-            debug!("{addr}: refused, HTTP connection cap of {cap} reached");
-            return;
-        }
-        self.tune(&stream, addr);
-        let now = self.ctx.core.clock.tick32();
-        let r = self.https.next_ref();
-        let mut link = Link::new(stream, r.generation(), now);
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut link.stream, r.token(), Interest::READABLE)
-        {
-            error!("{addr}: cannot register connection: {e}");
-            return;
-        }
-        let due = deadline(now, self.ctx.limits.http_idle_ticks);
-        self.ctx.core.arm(&mut link, r, due);
-        self.https.insert(HttpConn::new(link));
-        self.ctx.gauges.http += 1;
-        debug!("{addr}: accepted as {}", Table::<HttpConn>::name(r));
-    }
-
-    /// Makes room at `MaxHttpConnections` by closing the connection that has shown no bearer
-    /// token and been quiet longest, preferring one with nothing in flight: the public
-    /// `/plex/v1/host` can never hold every slot and lock back-ends out.
-    fn evict_http(&mut self) -> bool {
-        let victim = (self.https.iter())
-            .filter(|(_, c)| !c.trusted && c.link.doomed.is_none())
-            .min_by_key(|(_, c)| {
-                let busy = !c.link.input.is_empty() || c.link.pending() > 0;
-                (busy, c.link.last_active)
-            })
-            .map(|(key, _)| key);
-        match victim {
-            Some(key) => {
-                debug!("h#{key}: evicted to make room for a new connection");
-                self.https.doom(key, CloseReason::Evicted);
-                true
-            }
-            None => false,
-        }
-    }
-
     fn expire_timers(&mut self) {
         let mut expired = std::mem::take(&mut self.expired);
         let now = self.ctx.core.clock.tick;
@@ -708,257 +548,6 @@ impl Reactor {
         }
     }
 
-    fn run_commands(&mut self) {
-        self.commands_left = false;
-        let Some(commands) = &self.commands else {
-            return;
-        };
-        commands.rearm();
-        for _ in 0..COMMAND_BUDGET {
-            let Some(command) = self.commands.as_ref().and_then(Commands::next) else {
-                return;
-            };
-            self.run_command(command);
-        }
-        self.commands_left = true;
-    }
-
-    fn run_command(&mut self, command: Command) {
-        let (ctx, clients, frame) = (&mut self.ctx, &mut self.clients, &mut self.push.frames);
-        match command {
-            Command::Push { uids, uri, body } => {
-                let nobody = |_| cluster::Waiting::Nobody;
-                let sent = deliver::push(ctx, clients, frame, &uids, &uri, &body, false, nobody);
-                if let Err(e) = sent {
-                    ctx.counters.refused += 1;
-                    warn!("handle: push to {uids:?} refused: {e}");
-                }
-            }
-            Command::Broadcast { uri, body } => {
-                match deliver::broadcast(ctx, clients, frame, &uri, &body) {
-                    Err(e) => {
-                        ctx.counters.refused += 1;
-                        warn!("handle: broadcast refused: {e}");
-                    }
-                    Ok(_) => {
-                        if let Some(cluster) = &mut ctx.cluster {
-                            cluster.broadcast(&uri, &body);
-                        }
-                    }
-                }
-            }
-            Command::Kick { uid, reply } => {
-                let local = deliver::kick(ctx, clients, &uid);
-                match &mut ctx.cluster {
-                    Some(cluster) => {
-                        let waiting = cluster::Waiting::Kick { reply, local };
-                        if let Some(finished) = cluster.kick(&uid, waiting) {
-                            self.finish(finished);
-                        }
-                    }
-                    None => {
-                        let _ = reply.send(local);
-                    }
-                }
-            }
-            Command::Online { uids, reply } => {
-                let local: Vec<usize> = (uids.iter())
-                    .map(|u| deliver::online(ctx, clients, u))
-                    .collect();
-                match &mut ctx.cluster {
-                    Some(cluster) => {
-                        let waiting = cluster::Waiting::Online { reply, local };
-                        if let Some(finished) = cluster.online(uids, waiting) {
-                            self.finish(finished);
-                        }
-                    }
-                    None => {
-                        let _ = reply.send(local);
-                    }
-                }
-            }
-            Command::Stats { reply } => {
-                let _ = reply.send(stats(ctx, clients));
-            }
-            Command::CompleteAuth { ticket, uid } => {
-                self.verdicts
-                    .push((ticket.0, uid.ok_or("rejected by the auth function")));
-            }
-            Command::Shutdown => self.begin_shutdown(),
-        }
-    }
-
-    /// What the cluster's broker reported: pushes, broadcasts and kicks from other nodes for
-    /// the connections here, answers to requests, the node list, Redis up or down.
-    fn cluster_events(&mut self) {
-        self.cluster_left = false;
-        let Some(cluster) = &mut self.ctx.cluster else {
-            return;
-        };
-        for event in cluster.events() {
-            let (ctx, clients, frames) = (&mut self.ctx, &mut self.clients, &mut self.push.frames);
-            match event {
-                ClusterEvent::Deliver(pushes) => {
-                    for p in pushes {
-                        // A retained push comes with the seq its sender gave it and its places.
-                        let placed = p.seq.map(|seq| deliver::Placed {
-                            seq: seq as i64,
-                            positions: &p.positions,
-                        });
-                        let (uids, uri, body) = (&p.uids, &p.uri, &p.body);
-                        if let Err(e) =
-                            deliver::deliver_here(ctx, clients, frames, uids, uri, body, placed)
-                        {
-                            warn!("cluster: a push from another node refused: {e}");
-                        }
-                    }
-                }
-                ClusterEvent::Broadcast { uri, body } => {
-                    if let Err(e) = deliver::broadcast(ctx, clients, frames, &uri, &body) {
-                        warn!("cluster: a broadcast from another node refused: {e}");
-                    }
-                }
-                ClusterEvent::Kick { uid } => {
-                    deliver::kick(ctx, clients, &uid);
-                }
-                ClusterEvent::Reply { id, result } => {
-                    let cluster = ctx.cluster.as_mut().expect("cluster mode");
-                    if let Some(finished) = cluster.answered(id, result) {
-                        self.finish(finished);
-                    }
-                }
-                ClusterEvent::Nodes(nodes) => {
-                    ctx.cluster.as_mut().expect("cluster mode").nodes = nodes;
-                }
-                ClusterEvent::Up => {
-                    info!("cluster: Redis is up; this node is registered");
-                    ctx.cluster.as_mut().expect("cluster mode").up = true;
-                }
-                ClusterEvent::Down(reason) => {
-                    warn!("cluster: Redis is down: {reason}; serving local connections only");
-                    let cluster = ctx.cluster.as_mut().expect("cluster mode");
-                    cluster.up = false;
-                    cluster.down_reason = reason;
-                }
-            }
-        }
-    }
-
-    /// A request that waited for the cluster is answered.
-    fn finish(&mut self, finished: cluster::Finished) {
-        let cluster::Finished { waiting, result } = finished;
-        match waiting {
-            cluster::Waiting::Kick { reply, local } => {
-                let remote = match result {
-                    Ok(ClusterReply::Kicked { remote }) => remote as usize,
-                    _ => 0,
-                };
-                let _ = reply.send(local + remote);
-            }
-            cluster::Waiting::Online { reply, local } => {
-                let counts = match result {
-                    Ok(ClusterReply::Online(remote)) => (local.iter().zip(remote))
-                        .map(|(&l, r)| l + r as usize)
-                        .collect(),
-                    _ => local,
-                };
-                let _ = reply.send(counts);
-            }
-            cluster::Waiting::Nobody => {}
-            cluster::Waiting::Retain { .. } => {
-                let finished = match result {
-                    // Placed: this node's connections get it back through the cluster.
-                    Ok(ClusterReply::Retained { remote, .. }) => {
-                        let cluster::Waiting::Retain { then, .. } = waiting else {
-                            unreachable!("matched above")
-                        };
-                        cluster::Finished {
-                            waiting: *then,
-                            result: Ok(ClusterReply::Routed { remote }),
-                        }
-                    }
-                    result => {
-                        let (ctx, clients, frames) =
-                            (&mut self.ctx, &mut self.clients, &mut self.push.frames);
-                        let finished = cluster::Finished { waiting, result };
-                        deliver::unplaced(ctx, clients, frames, finished)
-                    }
-                };
-                self.finish(finished);
-            }
-            cluster::Waiting::Resume { conn } => {
-                let Some(client) = self.clients.get(conn) else {
-                    return; // the client left meanwhile
-                };
-                let conn::State::Resuming(resuming) =
-                    std::mem::replace(&mut client.state, conn::State::Inner)
-                else {
-                    unreachable!("only resuming connections wait for their history");
-                };
-                client.state = conn::State::User {
-                    uid: resuming.uid.clone(),
-                };
-                let recovery = match result {
-                    Ok(ClusterReply::History {
-                        epoch,
-                        offset,
-                        acked,
-                        pushes,
-                    }) => {
-                        let pushes = (pushes.into_iter())
-                            .map(|p| history::Retained {
-                                offset: p.offset,
-                                seq: p.seq as i64,
-                                uri: p.uri,
-                                body: p.body,
-                            })
-                            .collect();
-                        let log = history::Log {
-                            epoch,
-                            offset,
-                            acked,
-                            pushes,
-                        };
-                        let at = &resuming.resume;
-                        history::Recovery::from_history(&at.epoch, at.offset, log)
-                    }
-                    _ => history::Recovery::lost(),
-                };
-                let step = session::replay(
-                    &mut self.ctx,
-                    client,
-                    conn,
-                    &resuming.resume,
-                    recovery,
-                    &resuming.held,
-                );
-                let mut clients = Clients {
-                    ctx: &mut self.ctx,
-                    table: &mut self.clients,
-                    push: &mut self.push,
-                };
-                clients.apply(conn.key(), step);
-                clients.settle_output(conn.key());
-            }
-            cluster::Waiting::Http { conn, answer } => {
-                let Some(http) = self.https.get(conn) else {
-                    return; // the client left meanwhile
-                };
-                http.waiting = false;
-                let response = http::finish(&answer, result);
-                http::respond(
-                    &mut self.ctx,
-                    &mut self.https,
-                    conn.key(),
-                    &response,
-                    answer.close,
-                );
-                // Its pipelined requests are answered once this response is out.
-                self.resume_http(conn);
-            }
-        }
-    }
-
     /// Frees the connections doomed during the turn: timer, registration, registry entry and
     /// buffers go, counters and hooks hear of it.
     fn reap(&mut self) {
@@ -1030,149 +619,6 @@ impl Reactor {
         }
         self.unread.extend(resume);
     }
-
-    fn on_signal(&mut self) {
-        let Some(signals) = &mut self.signals else {
-            return;
-        };
-        let received: Vec<i32> = signals.pending().collect();
-        for signal in received {
-            if signal == signal_hook::consts::SIGHUP {
-                self.reload();
-            } else if self.ctx.shutdown_deadline.is_some() {
-                warn!("signal {signal} during shutdown: closing every connection now");
-                self.ctx.shutdown_deadline = Some(self.ctx.core.clock.tick);
-            } else {
-                info!("signal {signal}: shutting down");
-                self.begin_shutdown();
-            }
-        }
-    }
-
-    /// SIGHUP: the configuration read again; logs go to stderr, so there is nothing to reopen.
-    fn reload(&mut self) {
-        let Some(reload) = &mut self.ctx.hooks.reload else {
-            info!("SIGHUP: nothing to reload (logs go to stderr, nothing to reopen)");
-            return;
-        };
-        let config = reload().and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()));
-        // A renewed certificate takes effect for new connections; a bad one changes nothing.
-        let tls = match (&config, self.tls.is_some()) {
-            (Ok(config), true) => match (&config.tls_cert, &config.tls_key) {
-                (Some(cert), Some(key)) => {
-                    tls::load(cert, key).map(Some).map_err(|e| e.to_string())
-                }
-                _ => Err("TlsCert and TlsKey are needed by the TLS listeners".into()),
-            },
-            _ => Ok(None),
-        };
-        match config.and_then(|config| tls.map(|tls| (config, tls))) {
-            Ok((mut config, tls)) => {
-                // Unset, it still means the client listener, as at the start.
-                if config.outer_servers.is_empty() {
-                    config.outer_servers = self.started.outer_servers.clone();
-                }
-                self.ctx.limits.reload(&config);
-                let mut reloaded = self.applied.changed_keys(&config);
-                reloaded.retain(|key| ctx::RELOADABLE.contains(key));
-                if let Some(tls) = tls {
-                    self.tls = Some(tls);
-                    reloaded.push("the TLS certificate");
-                }
-                reloaded.dedup();
-                let mut restart = self.started.changed_keys(&config);
-                restart.retain(|key| !ctx::RELOADABLE.contains(key));
-                *self.applied = config;
-                match reloaded.as_slice() {
-                    [] => info!("SIGHUP: configuration read again; nothing to change"),
-                    keys => info!("SIGHUP: applied {}", keys.join(", ")),
-                }
-                if !restart.is_empty() {
-                    warn!(
-                        "SIGHUP: {} changed but need a restart; running as started",
-                        restart.join(", ")
-                    );
-                }
-            }
-            Err(e) => warn!("SIGHUP: reload failed, keeping the running configuration: {e}"),
-        }
-    }
-
-    /// Stops accepting and closes every connection that has nothing left to write; the rest
-    /// close once their output is flushed, or at the shutdown deadline.
-    pub(crate) fn begin_shutdown(&mut self) {
-        let ctx = &mut self.ctx;
-        if ctx.shutdown_deadline.is_some() {
-            return;
-        }
-        ctx.shutdown_deadline = Some(ctx.core.clock.tick + u64::from(ctx.limits.shutdown_ticks));
-        for listener in &mut self.listeners {
-            if let Some(mut listener) = listener.take() {
-                let _ = self.poll.registry().deregister(&mut listener);
-            }
-        }
-        self.accept_paused_until = None;
-        let ticks = ctx.limits.shutdown_ticks;
-        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            let r = self.clients.ref_of(key);
-            let conn = &mut self.clients[key];
-            if conn.link.pending() == 0 {
-                self.clients.doom(key, CloseReason::Shutdown);
-            } else {
-                clients::queue_close_frame(conn, CloseReason::Shutdown, &mut ctx.core.pool);
-                ctx.core
-                    .linger(&mut conn.link, r, CloseReason::Shutdown, ticks);
-                self.clients.mark_dirty(key);
-            }
-        }
-        let keys: Vec<usize> = self.https.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            let r = self.https.ref_of(key);
-            let link = &mut self.https[key].link;
-            if link.pending() == 0 {
-                self.https.doom(key, CloseReason::Shutdown);
-            } else {
-                ctx.core.linger(link, r, CloseReason::Shutdown, ticks);
-                self.https.mark_dirty(key);
-            }
-        }
-        if let Some(webhook) = &mut self.webhook {
-            webhook.shutdown(&mut self.verdicts);
-        }
-        info!(
-            "shutting down: {} connections flushing",
-            self.clients.len() + self.https.len()
-        );
-    }
-
-    fn progress_shutdown(&mut self) {
-        let Some(deadline) = self.ctx.shutdown_deadline else {
-            return;
-        };
-        if self.ctx.core.clock.tick >= deadline {
-            let left = self.clients.len() + self.https.len();
-            if left > 0 {
-                warn!("shutdown timeout: closing {left} connections");
-            }
-            let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
-            for key in keys {
-                self.clients.doom(key, CloseReason::Shutdown);
-            }
-            let keys: Vec<usize> = self.https.iter().map(|(key, _)| key).collect();
-            for key in keys {
-                self.https.doom(key, CloseReason::Shutdown);
-            }
-            self.reap();
-        }
-        let webhook_done = self.webhook.as_ref().is_none_or(|w| w.is_empty());
-        if self.clients.is_empty() && self.https.is_empty() && webhook_done {
-            // Leaving the cluster removes this node's record at once.
-            self.ctx.cluster = None;
-            info!("shut down");
-            self.commands = None;
-        }
-    }
 }
 
 /// Gives a reaped connection's timer, registration and buffers back.
@@ -1205,14 +651,5 @@ fn stats(ctx: &Ctx, clients: &Table<ClientConn>) -> Stats {
             buffered_bytes: buffered,
         },
         ctx.core.clock.uptime().as_secs(),
-    )
-}
-
-/// Accept errors that concern one connection only; accepting goes on. Anything else (out of
-/// descriptors, out of memory) pauses accepting.
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
     )
 }

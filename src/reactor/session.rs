@@ -322,7 +322,10 @@ pub fn replay<'a>(
             return Step::Close(reason);
         }
     }
-    for (_, frame) in held.iter().filter(|(offset, _)| *offset > recovery.offset) {
+    // Those the history already held were in the replay; those without a place were never
+    // kept (InnerPushLocal, or Redis unusable) and go too.
+    let fresh = |offset: u64| offset == 0 || offset > recovery.offset;
+    for (_, frame) in held.iter().filter(|(offset, _)| fresh(*offset)) {
         let write = |out: &mut Vec<u8>| out.extend_from_slice(frame);
         if let Err(reason) = queue(&mut ctx.core, &ctx.limits, conn, r, frame.len(), write) {
             return Step::Close(reason);
