@@ -272,19 +272,12 @@ const CHILD_NOFILE: u32 = 40;
 #[test]
 fn running_out_of_descriptors_on_accept_neither_kills_nor_spins() {
     let mut server = ChildServer::spawn(&[], "info", Some(CHILD_NOFILE));
-    const SATURATED: &str = "pausing accepts";
     let order = ByteOrder::Big;
 
     // Authenticate clients one by one until the server reports that accept failed.
-    let mut served = Vec::new();
-    let mut waiting = Vec::new();
-    while !server.logged(SATURATED) {
-        assert!(
-            served.len() < 2 * CHILD_NOFILE as usize,
-            "never ran out of descriptors"
-        );
+    let (mut served, mut waiting) = server.fill_to_saturation(2 * CHILD_NOFILE as usize, |n| {
         let mut c = Connection::connect(server.addr, order).unwrap();
-        c.send(uri::AUTH, &format!("u{}", served.len())).unwrap();
+        c.send(uri::AUTH, &format!("u{n}")).unwrap();
         let mut answered = false;
         let settled = wait_until(WAIT, || {
             match c.recv(Some(Duration::from_millis(10))) {
@@ -297,21 +290,13 @@ fn running_out_of_descriptors_on_accept_neither_kills_nor_spins() {
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) => {}
-                Err(e) => panic!("client {}: {e}", served.len()),
+                Err(e) => panic!("client {n}: {e}"),
             }
             answered || server.logged(SATURATED)
         });
-        assert!(
-            settled,
-            "client {} neither served nor refused",
-            served.len()
-        );
-        if answered {
-            served.push(c);
-        } else {
-            waiting.push(c);
-        }
-    }
+        assert!(settled, "client {n} neither served nor refused");
+        if answered { Ok(c) } else { Err(c) }
+    });
     // More clients than descriptors wait in the backlog.
     for _ in 0..CHILD_NOFILE {
         waiting.push(Connection::connect(server.addr, order).unwrap());

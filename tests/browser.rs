@@ -95,8 +95,8 @@ fn pushes_reach_the_page_over_ws_and_what_it_sends_reaches_the_server() {
 #[test]
 fn pushes_reach_the_page_over_wss() {
     let _one = one_browser();
-    let certificate = Certificate::make();
-    let tls = (certificate.cert(), certificate.key());
+    let certificate = common::transport::make_cert("browser-wss");
+    let tls = (certificate.cert, certificate.key);
     let server = DemoServer::start(demo::config(ANY_PORTS, Some(tls)));
     let mut chromium = Chromium::launch();
     let page = chromium.open_authenticated(&server.page_url("8"));
@@ -377,56 +377,6 @@ impl Drop for DemoServer {
         if self.thread.is_some() {
             let _ = self.handle.shutdown();
         }
-    }
-}
-
-/// A throwaway self-signed certificate for 127.0.0.1, made with the `openssl` command.
-struct Certificate {
-    dir: PathBuf,
-}
-
-impl Certificate {
-    fn make() -> Certificate {
-        let dir = scratch_dir("cert");
-        let status = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec"])
-            .args([
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "1",
-            ])
-            .args([
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("the openssl command");
-        assert!(status.success(), "openssl req failed: {status}");
-        Certificate { dir }
-    }
-
-    fn cert(&self) -> String {
-        self.dir.join("cert.pem").display().to_string()
-    }
-
-    fn key(&self) -> String {
-        self.dir.join("key.pem").display().to_string()
-    }
-}
-
-impl Drop for Certificate {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

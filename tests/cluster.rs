@@ -6,8 +6,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::redis::RedisServer;
 use common::*;
@@ -355,47 +353,16 @@ fn a_resume_racing_pushes_from_another_node_has_no_gap_duplicate_or_reordering()
         c.max_pending_bytes = 16 * 1024 * 1024;
     };
     let (a, b) = (node_with(&redis, racing), node_with(&redis, racing));
-    let mut reader = a.user("7");
+    let reader = a.user("7");
     wait_cluster_online(&b, "7", 1);
-    let stop = Arc::new(AtomicBool::new(false));
-    let pusher = {
-        let (stop, mut inner) = (stop.clone(), b.inner());
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && n < 5_000 {
-                n += 1;
-                push(&mut inner, "7", "/m", &n.to_string());
-            }
-            n
-        })
-    };
-    // Reconnect four times, to either node, while B keeps pushing: offsets run 1, 2, 3, …
-    let mut expected = 1u64;
-    let mut epoch = String::new();
-    for round in 0..4 {
-        for _ in 0..100 {
-            let (body, e, offset) = recv_at(&mut reader);
-            assert_eq!((offset, body), (expected, expected.to_string()));
-            epoch = e;
-            expected += 1;
-        }
-        let last = expected - 1;
-        reader = if round % 2 == 0 {
+    // Reconnect four times, to either node, while B keeps pushing.
+    race_resumes(b.inner(), reader, (4, 100, 5_000), |round| {
+        if round % 2 == 0 {
             b.connect()
         } else {
             a.connect()
-        };
-        let resumed = reader.resume("7", (&epoch, last), WAIT).unwrap().unwrap();
-        assert!(resumed.recovered, "{resumed:?}");
-    }
-    stop.store(true, Ordering::Relaxed);
-    let sent = pusher.join().unwrap();
-    while expected <= sent {
-        let (body, _, offset) = recv_at(&mut reader);
-        assert_eq!((offset, body), (expected, expected.to_string()));
-        expected += 1;
-    }
-    assert_alive(&mut reader);
+        }
+    });
 }
 
 #[test]

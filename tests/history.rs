@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use common::*;
 use plex::Config;
 use plex::client::{Codec, Connection, Event, UserClient, UserConfig};
@@ -71,42 +68,10 @@ fn a_replay_racing_live_pushes_has_no_gap_duplicate_or_reordering() {
         max_pending_bytes: 16 * 1024 * 1024,
         ..with_history(100_000)
     });
-    let mut reader = server.user("7");
-    let stop = Arc::new(AtomicBool::new(false));
-    let pusher = {
-        let (stop, mut inner) = (stop.clone(), server.inner());
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && n < 20_000 {
-                n += 1;
-                push(&mut inner, "7", "/m", &n.to_string());
-            }
-            n
-        })
-    };
-    // Reconnect three times while pushes stream in; offsets must run 1, 2, 3, … throughout.
-    let mut expected = 1u64;
-    let mut epoch = String::new();
-    for _ in 0..3 {
-        for _ in 0..200 {
-            let (body, e, offset) = recv_at(&mut reader);
-            assert_eq!((offset, body), (expected, expected.to_string()));
-            epoch = e;
-            expected += 1;
-        }
-        let last = expected - 1;
-        reader = server.connect();
-        let resumed = reader.resume("7", (&epoch, last), WAIT).unwrap().unwrap();
-        assert!(resumed.recovered, "{resumed:?}");
-    }
-    stop.store(true, Ordering::Relaxed);
-    let sent = pusher.join().unwrap();
-    while expected <= sent {
-        let (body, _, offset) = recv_at(&mut reader);
-        assert_eq!((offset, body), (expected, expected.to_string()));
-        expected += 1;
-    }
-    assert_alive(&mut reader);
+    // Reconnect three times while pushes stream in.
+    race_resumes(server.inner(), server.user("7"), (3, 200, 20_000), |_| {
+        server.connect()
+    });
 }
 
 #[test]

@@ -507,35 +507,23 @@ fn tls_clients_that_waited_while_descriptors_ran_out_are_served_once_they_are_fr
         &cert.key,
     ];
     let mut server = ChildServer::spawn(&args, "info", Some(CHILD_NOFILE));
-    // Logged after the line `spawn` waits for.
-    let mut line = None;
-    let logged = wait_until(WAIT, || {
-        line = server.logged_line("listening for clients over TLS on ");
-        line.is_some()
-    });
-    assert!(logged, "no TLS listening line: {:?}", server.log());
-    let line = line.unwrap();
-    let tls_addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
-    const SATURATED: &str = "pausing accepts";
+    let tls_addr = server.listening("listening for clients over TLS on ");
 
     // TLS clients one by one until the server reports that accept failed.
-    let mut served = Vec::new();
-    let mut waiting = Vec::new();
-    while !server.logged(SATURATED) {
-        assert!(
-            served.len() < 2 * CHILD_NOFILE as usize,
-            "never ran out of descriptors"
-        );
+    let (mut served, mut waiting) = server.fill_to_saturation(2 * CHILD_NOFILE as usize, |_| {
         let mut stream = StreamOwned::new(tls_session(BOTH_VERSIONS), tcp(tls_addr));
         if handshake_until(&mut stream, || server.logged(SATURATED)) {
-            served.push(TlsClient::from(stream));
+            Ok(TlsClient::from(stream))
         } else {
-            waiting.push(stream);
+            Err(Box::new(stream))
         }
-    }
+    });
     // More wait in the backlog.
     for _ in 0..3 {
-        waiting.push(StreamOwned::new(tls_session(BOTH_VERSIONS), tcp(tls_addr)));
+        waiting.push(Box::new(StreamOwned::new(
+            tls_session(BOTH_VERSIONS),
+            tcp(tls_addr),
+        )));
     }
     server.assert_running();
 
@@ -547,7 +535,7 @@ fn tls_clients_that_waited_while_descriptors_ran_out_are_served_once_they_are_fr
             handshake_until(&mut stream, || false),
             "waiting client {n} never served"
         );
-        let mut c = TlsClient::from(stream);
+        let mut c = TlsClient::from(*stream);
         c.send(uri::AUTH, &format!("waited{n}"));
         c.expect(uri::AUTH_SUCCESS);
         served.push(c);

@@ -149,20 +149,7 @@ pub fn finish(answer: &Answer, result: Result<cluster::Reply, ClusterError>) -> 
                 pushes,
             }),
         ) => {
-            let pushes = (pushes.into_iter())
-                .map(|p| history::Retained {
-                    offset: p.offset,
-                    seq: p.seq as i64,
-                    uri: p.uri,
-                    body: p.body,
-                })
-                .collect();
-            let log = history::Log {
-                epoch,
-                offset,
-                acked,
-                pushes,
-            };
+            let log = cluster_glue::history_log(epoch, offset, acked, pushes);
             history_response(uid, &log)
         }
         (what, Err(e)) => {

@@ -88,6 +88,29 @@ pub enum Partial {
     },
 }
 
+/// A uid's history as the broker answered it (`Reply::History`), as the reactor reads one.
+pub fn history_log(
+    epoch: String,
+    offset: u64,
+    acked: u64,
+    pushes: Vec<cluster::Retained>,
+) -> history::Log {
+    let pushes = (pushes.into_iter())
+        .map(|p| history::Retained {
+            offset: p.offset,
+            seq: p.seq as i64,
+            uri: p.uri,
+            body: p.body,
+        })
+        .collect();
+    history::Log {
+        epoch,
+        offset,
+        acked,
+        pushes,
+    }
+}
+
 /// An answer, complete: the local part plus what the broker replied.
 pub struct Finished {
     pub waiting: Waiting,
@@ -421,20 +444,7 @@ impl Reactor {
                         acked,
                         pushes,
                     }) => {
-                        let pushes = (pushes.into_iter())
-                            .map(|p| history::Retained {
-                                offset: p.offset,
-                                seq: p.seq as i64,
-                                uri: p.uri,
-                                body: p.body,
-                            })
-                            .collect();
-                        let log = history::Log {
-                            epoch,
-                            offset,
-                            acked,
-                            pushes,
-                        };
+                        let log = history_log(epoch, offset, acked, pushes);
                         let at = &resuming.resume;
                         history::Recovery::from_history(&at.epoch, at.offset, log)
                     }

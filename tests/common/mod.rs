@@ -22,6 +22,9 @@ use plex::{Config, Handle, Message, Server};
 /// How long any wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// What the server logs when accepting fails for lack of descriptors.
+pub const SATURATED: &str = "pausing accepts";
+
 /// What the server's hooks reported, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -258,6 +261,53 @@ pub fn recv_at(c: &mut Connection) -> (String, String, u64) {
     (m.body, epoch, offset)
 }
 
+/// Races reconnects against a stream of pushes: `inner` pushes `1`, `2`, … (at most `max`) to
+/// uid 7 on a thread while `reader` reads; after every `per_round` pushes read, the reader is
+/// replaced by `reconnect(round)`, which resumes at the last place it got, `rounds` times.
+/// Offsets and bodies must run 1, 2, 3, … throughout: no gap, duplicate or reordering.
+pub fn race_resumes(
+    mut inner: Connection,
+    mut reader: Connection,
+    (rounds, per_round, max): (usize, u64, u64),
+    mut reconnect: impl FnMut(usize) -> Connection,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pusher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < max {
+                n += 1;
+                push(&mut inner, "7", "/m", &n.to_string());
+            }
+            n
+        })
+    };
+    let mut expected = 1u64;
+    let mut epoch = String::new();
+    for round in 0..rounds {
+        for _ in 0..per_round {
+            let (body, e, offset) = recv_at(&mut reader);
+            assert_eq!((offset, body), (expected, expected.to_string()));
+            epoch = e;
+            expected += 1;
+        }
+        reader = reconnect(round);
+        let resumed = (reader.resume("7", (&epoch, expected - 1), WAIT))
+            .unwrap()
+            .unwrap();
+        assert!(resumed.recovered, "{resumed:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = pusher.join().unwrap();
+    while expected <= sent {
+        let (body, _, offset) = recv_at(&mut reader);
+        assert_eq!((offset, body), (expected, expected.to_string()));
+        expected += 1;
+    }
+    assert_alive(&mut reader);
+}
+
 /// Asserts that the server closed this connection (EOF or reset) within `WAIT`.
 pub fn assert_closed(c: &mut Connection) {
     let deadline = Instant::now() + WAIT;
@@ -422,8 +472,8 @@ impl ChildServer {
         server
     }
 
-    /// The address in the log line that starts with `what`, once it is logged.
-    fn listening(&self, what: &str) -> SocketAddr {
+    /// The address at the end of the log line that contains `what`, once it is logged.
+    pub fn listening(&self, what: &str) -> SocketAddr {
         let mut line = None;
         let ok = wait_until(WAIT, || {
             line = self.logged_line(what);
@@ -432,6 +482,25 @@ impl ChildServer {
         assert!(ok, "no {what:?} line: {:?}", self.log.lock().unwrap());
         let addr = line.unwrap().rsplit(' ').next().unwrap().to_owned();
         addr.parse().expect("address in the log line")
+    }
+
+    /// Opens clients one by one with `open` until the server logs that accepting failed for
+    /// lack of descriptors (at most `most`). `open(n)` says whether client `n` was served
+    /// (`Ok`) or waits in the backlog (`Err`), watching for the log line meanwhile.
+    pub fn fill_to_saturation<S, W>(
+        &self,
+        most: usize,
+        mut open: impl FnMut(usize) -> Result<S, W>,
+    ) -> (Vec<S>, Vec<W>) {
+        let (mut served, mut waiting) = (Vec::new(), Vec::new());
+        while !self.logged(SATURATED) {
+            assert!(served.len() < most, "never ran out of descriptors");
+            match open(served.len()) {
+                Ok(client) => served.push(client),
+                Err(client) => waiting.push(client),
+            }
+        }
+        (served, waiting)
     }
 
     /// The first line of the server's log that contains `what`.
