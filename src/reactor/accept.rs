@@ -12,7 +12,7 @@ use super::conn::ClientConn;
 use super::conns::Table;
 use super::ctx::deadline;
 use super::http::HttpConn;
-use super::link::Link;
+use super::link::{Layers, Link, Ws};
 use super::session;
 use super::{CloseReason, Reactor, Side};
 
@@ -79,7 +79,7 @@ impl Reactor {
         let tls = match (side, &self.tls) {
             (Side::Tls | Side::Ws, Some(config)) => {
                 match rustls::ServerConnection::new(config.clone()) {
-                    Ok(session) => Some(Box::new(session)),
+                    Ok(session) => Some(session),
                     Err(e) => {
                         error!("{addr}: cannot start a TLS session: {e}");
                         return;
@@ -91,11 +91,11 @@ impl Reactor {
         let now = self.ctx.core.clock.tick32();
         let r = self.clients.next_ref();
         let mut link = Link::new(stream, r.generation(), now);
-        link.tls = tls;
-        let mut conn = ClientConn::new(link);
-        if side == Side::Ws {
-            conn.ws = Some(Box::default());
+        let ws = (side == Side::Ws).then(Ws::default);
+        if tls.is_some() || ws.is_some() {
+            link.layers = Some(Box::new(Layers { tls, ws }));
         }
+        let mut conn = ClientConn::new(link);
         if let Err(e) =
             self.poll
                 .registry()

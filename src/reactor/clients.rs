@@ -6,12 +6,12 @@
 use log::{debug, warn};
 
 use super::buffer::BufferPool;
-use super::conn::{ClientConn, Resume, State, Ws};
+use super::conn::{ClientConn, Resume, State};
 use super::conns::Table;
 use super::ctx::Ctx;
 use super::deliver::{self, PushBuffers};
 use super::http::{MAX_HEAD, MAX_HEADERS};
-use super::link::feed;
+use super::link::{Ws, feed};
 use super::session::{self, Step};
 use crate::CloseReason;
 use crate::protocol::ws::{self, CloseCode, Message as WsMessage, Opcode};
@@ -29,7 +29,7 @@ impl Clients<'_> {
     /// and keeps the new partial remainder.
     pub fn ingest(&mut self, key: usize, bytes: &mut [u8]) {
         let mut input = std::mem::take(&mut self.table[key].link.input);
-        let websocket = self.table[key].ws.is_some();
+        let websocket = self.table[key].link.ws().is_some();
         feed(&mut input, bytes, |data| {
             if websocket {
                 self.websocket(key, data)
@@ -111,7 +111,7 @@ impl Clients<'_> {
             }
             let decoder = ws::Decoder::server(self.max_message(key));
             let conn = &mut self.table[key];
-            let state = &mut conn.ws.as_mut().expect("a WebSocket connection").read;
+            let state = &mut conn.link.ws_mut().expect("a WebSocket connection").read;
             let (message, len) = match decoder.read(state, &mut data[used..]) {
                 Ok(read) => read,
                 Err(e) => {
@@ -208,7 +208,7 @@ impl Clients<'_> {
             *resume = Resume::given(&accepted.position);
         }
         accepted.write_response(conn.link.output(&mut self.ctx.core.pool));
-        conn.ws.as_mut().expect("a WebSocket connection").open = true;
+        conn.link.ws_mut().expect("a WebSocket connection").open = true;
         // The handshake is over: from now on the auth timeout applies.
         let (due, _) = session::timeout_of(self.ctx, conn);
         self.ctx.core.arm(&mut conn.link, r, due);
@@ -250,7 +250,10 @@ impl Clients<'_> {
     }
 
     fn ws(&mut self, key: usize) -> &mut Ws {
-        self.table[key].ws.as_mut().expect("a WebSocket connection")
+        self.table[key]
+            .link
+            .ws_mut()
+            .expect("a WebSocket connection")
     }
 
     /// Carries out what a handler decided for connection `key`.
@@ -274,7 +277,7 @@ impl Clients<'_> {
 /// reason is the server's to tell. A lingering close queues it when it starts: it then goes
 /// out after the output already queued, and before the half-close.
 pub fn queue_close_frame(conn: &mut ClientConn, reason: CloseReason, pool: &mut BufferPool) {
-    if conn.ws.as_ref().is_some_and(|ws| ws.open)
+    if conn.link.ws().is_some_and(|ws| ws.open)
         && let Some((code, why)) = close_code(reason)
     {
         ws::encode_close(conn.link.output(pool), code, why);
@@ -287,12 +290,12 @@ pub fn queue_close_frame(conn: &mut ClientConn, reason: CloseReason, pool: &mut 
 pub fn goodbye(conn: &mut ClientConn, reason: CloseReason, pool: &mut BufferPool) {
     let mut words = Vec::new();
     if conn.link.closing.is_none()
-        && conn.ws.as_ref().is_some_and(|ws| ws.open)
+        && conn.link.ws().is_some_and(|ws| ws.open)
         && let Some((code, why)) = close_code(reason)
     {
         ws::encode_close(&mut words, code, why);
     }
-    if !words.is_empty() || conn.link.tls.is_some() {
+    if !words.is_empty() || conn.link.tls().is_some() {
         conn.link.last_words(&words, pool);
     }
 }

@@ -163,7 +163,7 @@ impl<C: HasLink> Table<C> {
         let conn = self.get(r)?;
         let awaits_answer = conn.awaits_answer();
         let link = conn.link_mut();
-        if link.peer_done {
+        if link.peer_done() {
             return None;
         }
         let reason = match link.read(buf) {
@@ -171,7 +171,7 @@ impl<C: HasLink> Table<C> {
             Ok(Got::Blocked) => return None,
             // A peer that half-closes after its last request still reads the answers.
             Ok(Got::Eof) if link.closing.is_none() && (link.wants_write() || awaits_answer) => {
-                link.peer_done = true;
+                link.set_peer_done(true);
                 core.linger(link, r, CloseReason::PeerClosed, LINGER_TICKS);
                 return None;
             }
@@ -286,13 +286,13 @@ impl<C: HasLink> Table<C> {
         if link.doomed.is_some() {
             return Flushed::Done;
         }
-        let before = (link.pending(), link.shut_down);
+        let before = (link.pending(), link.shut_down());
         let result = link.write_out(&mut core.pool);
         if link.closing.is_some() && link.pending() < before.0 {
             link.last_active = core.clock.tick32();
         }
-        if link.shut_down && !before.1 {
-            if link.peer_done {
+        if link.shut_down() && !before.1 {
+            if link.peer_done() {
                 // Both sides are done: nothing to wait for.
                 let reason = link.closing.unwrap_or(CloseReason::PeerClosed);
                 self.doom(key, reason);
@@ -310,8 +310,8 @@ impl<C: HasLink> Table<C> {
             }
         };
         let want = flushed == Flushed::Blocked;
-        if link.write_interest != want {
-            link.write_interest = want;
+        if link.write_interest() != want {
+            link.set_write_interest(want);
             let interest = if want {
                 Interest::READABLE | Interest::WRITABLE
             } else {
@@ -332,7 +332,7 @@ impl<C: HasLink> Table<C> {
         for key in dirty.drain(..) {
             if self.slab.get(key).is_some_and(|c| c.link().dirty)
                 && self.flush(key, registry, core) == Flushed::Done
-                && self.slab[key].link().read_paused
+                && self.slab[key].link().read_paused()
             {
                 resume.push(self.ref_of(key));
             }

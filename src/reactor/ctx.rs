@@ -308,7 +308,7 @@ impl Ctx {
     /// during a shutdown, up to `ShutdownTimeout`; otherwise, and once its last byte is out,
     /// a short linger for the peer's EOF.
     pub fn linger_ticks(&self, link: &Link) -> u32 {
-        if self.shutdown_deadline.is_some() && !link.shut_down {
+        if self.shutdown_deadline.is_some() && !link.shut_down() {
             self.limits.shutdown_ticks
         } else {
             LINGER_TICKS

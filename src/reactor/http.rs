@@ -256,7 +256,7 @@ fn process(api: &mut Api, https: &mut Table<HttpConn>, key: usize, bytes: &[u8])
             return used;
         }
         if conn.link.pending() > MAX_UNWRITTEN {
-            conn.link.read_paused = true;
+            conn.link.set_read_paused(true);
             return used;
         }
         let (response, close) = match parse_request(&bytes[used..], api.ctx.limits.max_http_body) {
@@ -289,7 +289,7 @@ fn process(api: &mut Api, https: &mut Table<HttpConn>, key: usize, bytes: &[u8])
                     api.ctx.counters.http_requests += 1;
                     let conn = &mut https[key];
                     conn.waiting = true;
-                    conn.link.read_paused = true;
+                    conn.link.set_read_paused(true);
                     return used;
                 };
                 response.head_only = request.head.method == "HEAD";

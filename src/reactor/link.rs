@@ -12,12 +12,12 @@ use rustls::ServerConnection;
 use super::buffer::BufferPool;
 use super::timer::TimerId;
 use crate::CloseReason;
+use crate::protocol::ws::ReadState;
 
 pub struct Link {
     pub stream: TcpStream,
-    /// The TLS session of a connection on a TLS listener (boxed: a plain connection pays one
-    /// pointer for it); what the rest of the reactor reads and writes is the plaintext.
-    pub tls: Option<Box<ServerConnection>>,
+    /// TLS and WebSocket, for connections that have them; a plain one pays one pointer.
+    pub layers: Option<Box<Layers>>,
     /// The start of a frame or request whose end has not arrived yet; unallocated otherwise.
     pub input: Vec<u8>,
     /// Encoded output not yet written; `output[written..]` is what is left. Output limits
@@ -36,16 +36,51 @@ pub struct Link {
     /// Set when the connection is to be freed by the turn's reaping; it then processes
     /// nothing more and its output is dropped.
     pub doomed: Option<CloseReason>,
-    /// Registered for WRITABLE because a write would have blocked.
-    pub write_interest: bool,
     /// Queued in its table's flush list for this turn.
     pub dirty: bool,
-    /// Its output passed a bound: input stays in the socket until the output drains.
-    pub read_paused: bool,
-    /// The half-close after the last byte of a closing connection has been sent.
-    pub shut_down: bool,
-    /// The peer half-closed while it still had answers coming: it closes once they are out.
-    pub peer_done: bool,
+    /// The rarer states, a bit each (see the accessors), so that a connection stays small.
+    flags: u8,
+}
+
+/// A getter and a setter for one bit of `Link::flags`.
+macro_rules! flag {
+    ($bit:expr, $get:ident, $set:ident, $doc:literal) => {
+        #[doc = $doc]
+        pub fn $get(&self) -> bool {
+            self.flags & $bit != 0
+        }
+
+        pub fn $set(&mut self, on: bool) {
+            if on {
+                self.flags |= $bit;
+            } else {
+                self.flags &= !$bit;
+            }
+        }
+    };
+}
+
+/// What a connection on the TLS or WebSocket listener adds to a plain one.
+#[derive(Default)]
+pub struct Layers {
+    /// The TLS session; what the rest of the reactor reads and writes is the plaintext.
+    pub tls: Option<ServerConnection>,
+    /// WebSocket framing, on the WebSocket listener (over TLS for wss).
+    pub ws: Option<Ws>,
+}
+
+/// A WebSocket connection's own state.
+#[derive(Debug, Default)]
+pub struct Ws {
+    /// The upgrade is done: what arrives now is frames.
+    pub open: bool,
+    pub read: ReadState,
+}
+
+/// The TLS session among a connection's layers (a function of the field, not of the link,
+/// so that the stream can be borrowed beside it).
+fn tls_of(layers: &mut Option<Box<Layers>>) -> Option<&mut ServerConnection> {
+    layers.as_deref_mut()?.tls.as_mut()
 }
 
 /// Plaintext handed to rustls at once: one TLS record's worth, so that what waits for the
@@ -76,7 +111,7 @@ impl Link {
     pub fn new(stream: TcpStream, generation: u32, now: u32) -> Self {
         Link {
             stream,
-            tls: None,
+            layers: None,
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
@@ -85,12 +120,48 @@ impl Link {
             last_active: now,
             closing: None,
             doomed: None,
-            write_interest: false,
             dirty: false,
-            read_paused: false,
-            shut_down: false,
-            peer_done: false,
+            flags: 0,
         }
+    }
+
+    flag!(
+        1,
+        write_interest,
+        set_write_interest,
+        "Registered for WRITABLE because a write would have blocked."
+    );
+    flag!(
+        2,
+        read_paused,
+        set_read_paused,
+        "Its output passed a bound: input stays in the socket until the output drains."
+    );
+    flag!(
+        4,
+        shut_down,
+        set_shut_down,
+        "The half-close after the last byte of a closing connection has been sent."
+    );
+    flag!(
+        8,
+        peer_done,
+        set_peer_done,
+        "The peer half-closed while it still had answers coming: it closes once they are out."
+    );
+
+    /// Its TLS session, if it speaks TLS.
+    pub fn tls(&self) -> Option<&ServerConnection> {
+        self.layers.as_deref()?.tls.as_ref()
+    }
+
+    /// Its WebSocket state, if it is on the WebSocket listener.
+    pub fn ws(&self) -> Option<&Ws> {
+        self.layers.as_deref()?.ws.as_ref()
+    }
+
+    pub fn ws_mut(&mut self) -> Option<&mut Ws> {
+        self.layers.as_deref_mut()?.ws.as_mut()
     }
 
     /// The connection takes no more input: it is doomed or closing.
@@ -118,7 +189,7 @@ impl Link {
     /// Reads what the peer sent into `buf`: its bytes, or for TLS the plaintext of the
     /// records that arrived (a record's worth at a time at most).
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<Got> {
-        let Some(tls) = &mut self.tls else {
+        let Some(tls) = tls_of(&mut self.layers) else {
             return match retry(|| self.stream.read(buf)) {
                 Ok(0) => Ok(Got::Eof),
                 Ok(n) => Ok(Got::Data(n)),
@@ -151,12 +222,12 @@ impl Link {
     /// Something is waiting to be written: output, or TLS records (handshake messages,
     /// alerts, session tickets).
     pub fn wants_write(&self) -> bool {
-        self.pending() > 0 || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+        self.pending() > 0 || self.tls().is_some_and(|tls| tls.wants_write())
     }
 
     /// The TLS handshake is still under way.
     pub fn is_handshaking(&self) -> bool {
-        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+        self.tls().is_some_and(|tls| tls.is_handshaking())
     }
 
     /// Writes pending output until done or the socket is full; the buffer goes back to the
@@ -165,7 +236,7 @@ impl Link {
     pub fn write_out(&mut self, pool: &mut BufferPool) -> io::Result<Flushed> {
         loop {
             // Records rustls holds are older than anything still in `output`: they go first.
-            if let Some(tls) = &mut self.tls
+            if let Some(tls) = tls_of(&mut self.layers)
                 && tls.wants_write()
             {
                 match retry(|| tls.write_tls(&mut self.stream)) {
@@ -179,7 +250,7 @@ impl Link {
             if rest.is_empty() {
                 break;
             }
-            let wrote = match &mut self.tls {
+            let wrote = match tls_of(&mut self.layers) {
                 None => match retry(|| self.stream.write(rest)) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => n,
@@ -196,8 +267,8 @@ impl Link {
         }
         pool.give(std::mem::take(&mut self.output));
         self.written = 0;
-        if self.closing.is_some() && !self.shut_down {
-            if let Some(tls) = &mut self.tls
+        if self.closing.is_some() && !self.shut_down() {
+            if let Some(tls) = tls_of(&mut self.layers)
                 && !tls.wants_write()
             {
                 tls.send_close_notify();
@@ -205,7 +276,7 @@ impl Link {
                     return self.write_out(pool);
                 }
             }
-            self.shut_down = true;
+            self.set_shut_down(true);
             self.stream.shutdown(Shutdown::Write)?;
         }
         Ok(Flushed::Done)
@@ -215,7 +286,7 @@ impl Link {
     /// close frame, say) and a TLS close_notify or pending alert, written if the socket takes
     /// them at once. Nothing waits for it.
     pub fn last_words(&mut self, bytes: &[u8], pool: &mut BufferPool) {
-        if self.shut_down {
+        if self.shut_down() {
             return;
         }
         self.output(pool).extend_from_slice(bytes);

@@ -368,7 +368,7 @@ impl Reactor {
     /// Reads an HTTP connection, unless its reading is paused for its unwritten responses.
     fn read_http(&mut self, r: ConnRef) {
         let mut budget = READ_BUDGET;
-        while self.https.get(r).is_some_and(|c| !c.link.read_paused)
+        while self.https.get(r).is_some_and(|c| !c.link.read_paused())
             && let Some(n) = self.https.read(r, &mut self.scratch, &mut self.ctx.core)
         {
             if self.https[r.key()].link.closing.is_none() {
@@ -399,7 +399,7 @@ impl Reactor {
         let flushed = self
             .https
             .flush(r.key(), self.poll.registry(), &mut self.ctx.core);
-        if flushed == link::Flushed::Done && self.https[r.key()].link.read_paused {
+        if flushed == link::Flushed::Done && self.https[r.key()].link.read_paused() {
             self.resume_http(r);
         }
     }
@@ -409,9 +409,9 @@ impl Reactor {
         let Some(conn) = self.https.get(r).filter(|c| !c.waiting) else {
             return;
         };
-        conn.link.read_paused = false;
+        conn.link.set_read_paused(false);
         self.ingest_requests(r.key(), 0);
-        if self.https.get(r).is_some_and(|c| !c.link.read_paused) {
+        if self.https.get(r).is_some_and(|c| !c.link.read_paused()) {
             self.read_http(r);
         }
     }
@@ -423,7 +423,7 @@ impl Reactor {
             match r.kind() {
                 Kind::Client => self.read_client(r),
                 Kind::Http => {
-                    if self.https.get(r).is_some_and(|c| c.link.read_paused) {
+                    if self.https.get(r).is_some_and(|c| c.link.read_paused()) {
                         self.resume_http(r);
                     } else {
                         self.read_http(r);

@@ -32,13 +32,21 @@ impl TimerId {
     }
 }
 
+/// 24 bytes for a `u64` value: a connection's timer costs no more than that.
 struct Node<T> {
     value: T,
     deadline: u64,
+    /// The node before it in its slot's list, or, for the first node, `HEAD` and the slot
+    /// (`level * SLOTS + slot`): how `unlink` finds the list head to update.
     prev: u32,
     next: u32,
-    level: u8,
-    slot: u8,
+}
+
+/// Marks a `prev` that names a slot rather than a node; node ids stay below it.
+const HEAD: u32 = 1 << 31;
+
+fn head_of(level: usize, slot: usize) -> u32 {
+    HEAD | (level * SLOTS + slot) as u32
 }
 
 #[derive(Clone, Copy)]
@@ -89,10 +97,11 @@ impl<T: Copy> TimerWheel<T> {
             deadline: deadline.max(self.elapsed.saturating_add(1)),
             prev: NIL,
             next: NIL,
-            level: 0,
-            slot: 0,
         });
-        let id = u32::try_from(key).expect("more than 4 billion timers");
+        let id = u32::try_from(key)
+            .ok()
+            .filter(|&id| id < HEAD)
+            .expect("more than 2 billion timers");
         self.file(id);
         TimerId(id)
     }
@@ -168,9 +177,7 @@ impl<T: Copy> TimerWheel<T> {
         let slot = ((place >> (LEVEL_BITS * level)) % SLOTS as u64) as usize;
         let head = self.levels[level].heads[slot];
         let node = &mut self.nodes[id as usize];
-        node.level = level as u8;
-        node.slot = slot as u8;
-        node.prev = NIL;
+        node.prev = head_of(level, slot);
         node.next = head;
         if head != NIL {
             self.nodes[head as usize].prev = id;
@@ -182,8 +189,11 @@ impl<T: Copy> TimerWheel<T> {
     fn unlink(&mut self, id: u32) {
         let node = &self.nodes[id as usize];
         let (prev, next) = (node.prev, node.next);
-        let (level, slot) = (usize::from(node.level), usize::from(node.slot));
-        if prev == NIL {
+        if prev & HEAD != 0 {
+            let (level, slot) = (
+                (prev & !HEAD) as usize / SLOTS,
+                (prev & !HEAD) as usize % SLOTS,
+            );
             self.levels[level].heads[slot] = next;
             if next == NIL {
                 self.levels[level].occupied &= !(1 << slot);
@@ -191,6 +201,7 @@ impl<T: Copy> TimerWheel<T> {
         } else {
             self.nodes[prev as usize].next = next;
         }
+        // The next node takes its place: after `prev`, or first in the slot.
         if next != NIL {
             self.nodes[next as usize].prev = prev;
         }
@@ -200,6 +211,13 @@ impl<T: Copy> TimerWheel<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timer_node_is_24_bytes() {
+        // One per connection (its slab slot adds a tag: 32 bytes): the value (a connection's
+        // reference), the deadline, the links.
+        assert_eq!(std::mem::size_of::<Node<u64>>(), 24);
+    }
 
     fn fire(wheel: &mut TimerWheel<u32>, to: u64) -> Vec<u32> {
         let mut out = Vec::new();

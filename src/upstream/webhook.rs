@@ -218,7 +218,7 @@ impl Webhook {
             done.push((job.ticket, Err("auth service unreachable")));
             return;
         }
-        link.write_interest = true;
+        link.set_write_interest(true);
         let key = r.key();
         self.conns.insert(Exchange {
             link,
