@@ -584,6 +584,24 @@ fn a_heartbeat_flood_that_never_reads_the_answers() {
     });
 }
 
+/// Random bytes that happen to read as a protobuf frame. Found on fa5c116 in CI: the
+/// server rightly answered such a connection in protobuf, and the property's own client
+/// took the answer for a malformed JSON frame.
+#[test]
+fn random_bytes_that_read_as_protobuf_get_protobuf_answers() {
+    run(&Case {
+        mode: Mode::Uid,
+        ops: vec![Op::Client(
+            0,
+            ClientOp::Send(vec![
+                Piece::Raw(vec![0, 0, 0, 2, 0x08, 0x01]),
+                Piece::Frame(Frame::Heartbeat),
+            ]),
+        )],
+        end: End::Shutdown,
+    });
+}
+
 /// Clients that send a token the auth service is slow to answer, and leave at once. Found
 /// on 5162682, shrunk to 14 clients answered 221 ms late (kept here with a wider margin):
 /// the webhook still asked about them after they had gone, one after the other, while a

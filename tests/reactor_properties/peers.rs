@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use plex::client::Connection;
 use plex::config::DEFAULT_INNER_PASSWORD;
-use plex::protocol::{ByteOrder, Decoder, Message, PushRequest, uri};
+use plex::protocol::{ByteOrder, Decoder, Message, PushRequest, proto, uri};
 
 use crate::common::{self, WAIT};
 use crate::run::{Book, broadcast_uri};
@@ -181,8 +181,16 @@ impl Peer {
         let decoder = Decoder::new(ByteOrder::Big, u32::MAX);
         let mut used = 0;
         while let Some((payload, len)) = decoder.decode(&self.input[used..]).unwrap() {
-            let message = Message::decode(payload)
-                .unwrap_or_else(|e| panic!("the server sent a malformed frame: {e}"));
+            // A first frame that reads as protobuf (random bytes can) makes the connection
+            // protobuf; a JSON frame always starts with `{` and a protobuf one never does.
+            let message = if payload.first() == Some(&b'{') {
+                Message::decode(payload).map_err(|e| e.to_string())
+            } else {
+                proto::decode(payload)
+                    .map(|m| m.into_owned())
+                    .map_err(|e| e.to_string())
+            }
+            .unwrap_or_else(|e| panic!("the server sent a malformed frame: {e}"));
             used += len;
             self.on_message(book, message);
         }
