@@ -436,12 +436,13 @@ fn a_route_reaches_only_the_owning_nodes_once_and_in_order() {
     }
     a.next_id = N;
 
-    // Held here and on b: only b's connection is remote, and b gets the push once.
+    // Held here and on b: only b's connection is remote, and b gets the push once, naming
+    // its uids in the push's order.
     assert_eq!(
         a.route(&["shared", "7"], "/both", "x"),
         Ok(Reply::Routed { remote: 2 })
     );
-    assert_eq!(b.pushes(1), [push(&["7", "shared"], "/both", "x")]);
+    assert_eq!(b.pushes(1), [push(&["shared", "7"], "/both", "x")]);
     assert_eq!(
         a.route(&["nobody"], "/none", "x"),
         Ok(Reply::Routed { remote: 0 })

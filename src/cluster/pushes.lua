@@ -1,20 +1,27 @@
--- Offline history: runs a chunk of Retain, History and Ack requests in request order, then
--- publishes what the Retains sent, one message per node. Atomic, so per uid the offsets, the
--- stream and every node's channel see the same order. Called by history.rs.
+-- Pushes and the offline history: runs a chunk of Route, Retain, History and Ack requests in
+-- request order, then publishes what the Routes and Retains sent, one message per node.
+-- Atomic, so per uid the offsets, the stream and every node's channel see the same order, and
+-- a push costs one round trip: holders are read and the push published in the same call.
+-- Called by pushes.rs.
 --
 -- KEYS: the node set, then per uid i (from 1): presence hash KEYS[3i-1], history record
 --   KEYS[3i] (e epoch, o offset, a acked), stream KEYS[3i+1] (id = offset, t ms, p tail).
 -- ARGV: own node id, channel prefix, size, ttl ms, record ttl ms, epoch for uids without one,
---   uid count n, the n uids wire-encoded, then the requests:
---   'r' tail k i1..ik | 'h' i since | 'a' i epoch offset
--- Returns one reply per request: {remote, {{epoch, offset}...}} | {epoch, offset, acked,
---   {{offset, tail}...}} | 0.
+--   deadline (Redis ms), uid count n, the n uids wire-encoded, then the requests:
+--   'p' rest k i1..ik | 'r' tail k i1..ik | 'h' i since | 'a' i epoch offset
+--   ('p' is a push routed to the other nodes that hold its uids and kept nowhere; its rest is
+--   its uri and body as wire.rs writes them.)
+-- Returns one reply per request: {remote} | {remote, {{epoch, offset}...}} | {epoch, offset,
+--   acked, {{offset, tail}...}} | 0; or 'late', having done nothing, when it runs after its
+--   deadline: the node has told its callers the requests failed (a Redis that hung and came
+--   back runs what was queued to it), so running them now would send pushes it disowned.
 
 local own, prefix = ARGV[1], ARGV[2]
 local size, ttl, record_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local fresh, n = ARGV[6], tonumber(ARGV[7])
+local fresh, deadline, n = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+if now > deadline then return 'late' end
 
 -- LEB128, as wire.rs reads it.
 local function varint(x)
@@ -86,10 +93,37 @@ local function message(node)
 end
 
 local replies, tally, appended = {}, {}, {}
-local a = 8 + n
+local a = 9 + n
 while a <= #ARGV do
   local op = ARGV[a]
-  if op == 'r' then
+  if op == 'p' then
+    local rest, k = ARGV[a + 1], tonumber(ARGV[a + 2])
+    local groups, order = {}, {}
+    for j = 1, k do
+      local i = tonumber(ARGV[a + 2 + j])
+      for _, holder in ipairs(holders_of(i)) do
+        -- This node delivered it already.
+        if holder[1] ~= own then
+          local g = groups[holder[1]]
+          if not g then
+            g = {uids = {}, connections = 0}
+            groups[holder[1]] = g
+            order[#order + 1] = holder[1]
+          end
+          g.uids[#g.uids + 1] = ARGV[8 + i]
+          g.connections = g.connections + holder[2]
+        end
+      end
+    end
+    for _, node in ipairs(order) do
+      local g = groups[node]
+      local m = message(node)
+      m[#m + 1] = 'p' .. varint(#g.uids) .. table.concat(g.uids) .. rest
+      tally[#tally + 1] = {#replies + 1, node, g.connections}
+    end
+    replies[#replies + 1] = {0}
+    a = a + 3 + k
+  elseif op == 'r' then
     local tail, k = ARGV[a + 1], tonumber(ARGV[a + 2])
     local positions, groups, order = {}, {}, {}
     for j = 1, k do
@@ -99,7 +133,7 @@ while a <= #ARGV do
       redis.call('XADD', KEYS[3 * i + 1], 'MAXLEN', '~', size, offset, 't', now, 'p', tail)
       appended[i] = true
       positions[j] = {e, offset}
-      local entry = ARGV[7 + i] .. varint(#e) .. e .. varint(offset)
+      local entry = ARGV[8 + i] .. varint(#e) .. e .. varint(offset)
       for _, holder in ipairs(holders_of(i)) do
         local g = groups[holder[1]]
         if not g then
