@@ -79,7 +79,7 @@ impl Reactor {
         let tls = match (side, &self.tls) {
             (Side::Tls | Side::Ws, Some(config)) => {
                 match rustls::ServerConnection::new(config.clone()) {
-                    Ok(session) => Some(session),
+                    Ok(session) => Some(Box::new(session)),
                     Err(e) => {
                         error!("{addr}: cannot start a TLS session: {e}");
                         return;

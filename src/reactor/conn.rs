@@ -321,5 +321,7 @@ mod tests {
         );
         assert!(std::mem::size_of::<Link>() <= 80 + mio_debug);
         assert!(std::mem::size_of::<State>() <= 24);
+        // What a WebSocket connection adds (a TLS session, over a kilobyte, is boxed apart).
+        assert!(std::mem::size_of::<crate::reactor::link::Layers>() <= 32);
     }
 }

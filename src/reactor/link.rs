@@ -63,8 +63,9 @@ macro_rules! flag {
 /// What a connection on the TLS or WebSocket listener adds to a plain one.
 #[derive(Default)]
 pub struct Layers {
-    /// The TLS session; what the rest of the reactor reads and writes is the plaintext.
-    pub tls: Option<ServerConnection>,
+    /// The TLS session; what the rest of the reactor reads and writes is the plaintext. Boxed
+    /// on its own: a session is over a kilobyte, which a plain WebSocket would carry unused.
+    pub tls: Option<Box<ServerConnection>>,
     /// WebSocket framing, on the WebSocket listener (over TLS for wss).
     pub ws: Option<Ws>,
 }
@@ -80,7 +81,7 @@ pub struct Ws {
 /// The TLS session among a connection's layers (a function of the field, not of the link,
 /// so that the stream can be borrowed beside it).
 fn tls_of(layers: &mut Option<Box<Layers>>) -> Option<&mut ServerConnection> {
-    layers.as_deref_mut()?.tls.as_mut()
+    layers.as_deref_mut()?.tls.as_deref_mut()
 }
 
 /// Plaintext handed to rustls at once: one TLS record's worth, so that what waits for the
@@ -152,7 +153,7 @@ impl Link {
 
     /// Its TLS session, if it speaks TLS.
     pub fn tls(&self) -> Option<&ServerConnection> {
-        self.layers.as_deref()?.tls.as_ref()
+        self.layers.as_deref()?.tls.as_deref()
     }
 
     /// Its WebSocket state, if it is on the WebSocket listener.
