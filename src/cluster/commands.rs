@@ -1,6 +1,6 @@
 //! The command thread. It owns the command connection; drains the request queue in batches
-//! (presence and load absorbed, the rest run in request order: pushes and history requests by
-//! [`pushes`], the others by [`batch`]); every `node_ttl / 3`
+//! (presence and load absorbed, the rest run in request order: history requests by
+//! [`history`], the others by [`batch`]); every `node_ttl / 3`
 //! re-announces the node; every second syncs with Redis's clock, reads the node list,
 //! publishes the subscription probe and sweeps a slice of presence; and when Redis fails it
 //! answers `Unavailable` at once while reconnecting with backoff, then re-registers everything.
@@ -16,8 +16,8 @@ use super::presence::Presence;
 use super::schema::{SWEEP_TTLS, Schema};
 use super::shared::Shared;
 use super::{
-    ClusterConfig, ClusterError, Event, HistorySettings, NodeInfo, Request, batch, pushes, unix_ms,
-    wire,
+    ClusterConfig, ClusterError, Event, HistorySettings, NodeInfo, Request, batch, history,
+    unix_ms, wire,
 };
 use crate::client::Backoff;
 
@@ -129,7 +129,7 @@ impl Commands {
                     self.record.users = users;
                     self.load_changed = true;
                 }
-                history if history.needs_history() && self.history.is_none() => {
+                history if history.is_history() && self.history.is_none() => {
                     self.refuse(
                         &[history],
                         "history is not enabled in this cluster's config",
@@ -144,9 +144,8 @@ impl Commands {
         }
     }
 
-    /// Writes the pending presence and load changes, then runs `work` in runs of scripted
-    /// requests (pushes and the history) and of the others, in request order; the writes go
-    /// with the first run.
+    /// Writes the pending presence and load changes, then runs `work` in runs of history
+    /// requests and of the others, in request order; the writes go with the first run.
     fn execute(&mut self, work: &[Request]) {
         let now = self.now_ms();
         if self.conn.is_none() {
@@ -161,17 +160,16 @@ impl Commands {
             self.record.updated = now as u64;
             self.schema.record(&mut p, &record_json(&self.record));
         }
-        let mut runs = work.chunk_by(|a, b| a.is_scripted() == b.is_scripted());
+        let mut runs = work.chunk_by(|a, b| a.is_history() == b.is_history());
         let (mut run, mut done) = (runs.next().unwrap_or_default(), 0);
         loop {
             let conn = self.conn.as_mut().expect("connected");
-            let result = match run.first() {
-                Some(first) if first.is_scripted() => {
+            let result = match (run.first(), &self.history) {
+                (Some(first), Some(settings)) if first.is_history() => {
                     // Well before this thread gives up on the answer (`timeout`): a call Redis
                     // runs later does nothing, rather than send what was answered as failed.
                     let deadline = now + self.timeout.as_millis() as i64 / 2;
-                    let settings = self.history.as_ref();
-                    pushes::run(conn, &self.schema, settings, deadline, p, run)
+                    history::run(conn, &self.schema, settings, deadline, p, run)
                 }
                 _ => batch::run(conn, &self.schema, now, p, run),
             };
@@ -259,7 +257,9 @@ impl Commands {
         let before = unix_ms();
         let time = redis::cmd("TIME").query(conn)?;
         self.clock_offset = clock_offset(before, time);
-        pushes::load(conn)?;
+        if self.history.is_some() {
+            history::load(conn)?;
+        }
         self.announce()?;
         self.register_all()?;
         self.tick()

@@ -25,9 +25,7 @@
 //!
 //! - **At most once across nodes.** Pushes travel over Redis pub/sub and are never retried:
 //!   a push whose PUBLISH fails, or that reaches a node whose subscription is down, is lost
-//!   (a `Route` reply counts only nodes with a subscriber when Redis took the message). A
-//!   push answered `Unavailable` is never published later (see the end of the history
-//!   section).
+//!   (a `Route` reply counts only nodes with a subscriber when Redis took the message).
 //! - **Order per sender → receiver.** Pushes and kicks one node sends to another arrive in the
 //!   order its reactor sent the requests: one connection publishes them, batch after batch.
 //!   Nothing is promised across different senders (but see offline history: retained pushes
@@ -38,10 +36,9 @@
 //!   connection is used at least every second, so this shows within about a second plus the
 //!   timeout): [`Event::Down`] is reported once; `Route`, `Retain`, `History`, `Kick` and
 //!   `Online` are answered [`ClusterError::Unavailable`] at once; broadcasts and acks are
-//!   dropped; pushes other nodes publish meanwhile are lost. `Presence` and `Load` are kept
-//!   locally: after reconnecting (capped exponential backoff with jitter) the broker
-//!   re-announces the node, re-registers every uid it holds, resubscribes, and only then
-//!   reports [`Event::Up`]. A subscription that goes
+//!   dropped; pushes other nodes publish meanwhile are lost. `Presence` and `Load` are kept locally: after reconnecting (capped
+//!   exponential backoff with jitter) the broker re-announces the node, re-registers every uid
+//!   it holds, resubscribes, and only then reports [`Event::Up`]. A subscription that goes
 //!   silent without closing (a failover) is caught by a probe: the command thread publishes a
 //!   ping on this node's channel every second; if one is not seen within 3 s the subscriber
 //!   reconnects (reported as `Down` then `Up`: messages may have been lost in between).
@@ -79,7 +76,7 @@
 //! each uid it names, online or not, under the uid's next *offset* (1, 2, … per uid) and its
 //! *epoch* (a random string, made when the uid has no record: first use, keys expired or
 //! deleted, Redis lost its data; the stream a new epoch starts with is empty). One Lua script
-//! (`pushes.rs`, `pushes.lua`) assigns the offsets, appends to the streams, reads who holds
+//! (`history.rs`, `history.lua`) assigns the offsets, appends to the streams, reads who holds
 //! the uids and publishes to them, atomically, for a chunk of requests at a time. Hence:
 //!
 //! - **Offsets are unique and gapless per uid**, whichever nodes push: 1..N, no repeats.
@@ -111,10 +108,10 @@
 //!   pushes published while a node's subscription was down (between its `Down` and `Up`) are
 //!   not delivered there but are in the history: the gap shows in the offsets.
 //!
-//! A batch whose requests mix scripted requests (routes and history requests) and others runs
-//! them in runs of each, in request order, each run in its own round trip: the order per
-//! sender → receiver holds. A script call Redis runs more than half the command timeout after
-//! it was sent does nothing (its requests were answered `Unavailable` by then).
+//! A batch whose requests mix history requests and others runs them in runs of each, in
+//! request order, each run in its own round trip: the order per sender → receiver holds. A
+//! script call Redis runs more than half the command timeout after it was sent does nothing:
+//! its requests were answered `Unavailable` by then, and must not be kept or published.
 //!
 //! | key | type | content |
 //! |---|---|---|
@@ -123,8 +120,8 @@
 
 mod batch;
 mod commands;
+mod history;
 mod presence;
-mod pushes;
 mod schema;
 mod shared;
 mod subscriber;
@@ -261,17 +258,12 @@ impl Request {
         }
     }
 
-    /// Needs [`ClusterConfig::history`].
-    fn needs_history(&self) -> bool {
+    /// Runs through the history script rather than the plain batch.
+    fn is_history(&self) -> bool {
         matches!(
             self,
             Request::Retain { .. } | Request::History { .. } | Request::Ack { .. }
         )
-    }
-
-    /// Runs through the push script (`pushes.rs`) rather than the plain batch.
-    fn is_scripted(&self) -> bool {
-        self.needs_history() || matches!(self, Request::Route { .. })
     }
 }
 

@@ -4,9 +4,9 @@
 //! broadcast channel carries `c`, sender, uri, body. Counts, numbers and string lengths are
 //! LEB128 varints, so a push costs its bytes plus a few: no escaping, no field names.
 //!
-//! `p` and `r` entries are written by the push script in Redis (`pushes.rs`), which splices
-//! the uids (and positions) it picks between strings encoded here; a uid's history keeps each
-//! push as its tail, so a replay decodes with the same code.
+//! `r` entries are written by the history script in Redis (`history.rs`), which splices the
+//! positions it assigns between strings encoded here; a uid's history keeps each push as its
+//! tail, so a replay decodes with the same code.
 
 use super::{Event, RemotePush};
 
@@ -23,8 +23,6 @@ const BROADCAST: u8 = b'c';
 pub(super) struct Batch(Vec<u8>);
 
 impl Batch {
-    /// A push entry as the push script writes it (`pushes.lua`), for the decoder's tests.
-    #[cfg(test)]
     pub fn push<'a>(
         &mut self,
         uids: impl ExactSizeIterator<Item = &'a str>,
@@ -65,14 +63,6 @@ impl Batch {
 pub(super) fn tail(seq: u64, uri: &str, body: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(3 * 5 + uri.len() + body.len());
     put_u64(&mut out, seq);
-    put_str(&mut out, uri);
-    put_str(&mut out, body);
-    out
-}
-
-/// What follows the uids of a push entry (`p`): uri, body. The push script writes the rest.
-pub(super) fn rest(uri: &str, body: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 * 5 + uri.len() + body.len());
     put_str(&mut out, uri);
     put_str(&mut out, body);
     out

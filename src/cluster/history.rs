@@ -1,11 +1,9 @@
-//! Pushes and the offline history in Redis: a run of `Route`, `Retain`, `History` and `Ack`
-//! requests goes to Redis as calls of one Lua script (`pushes.lua`), pipelined in one round
-//! trip after the batch's presence writes. Each call takes the requests of a chunk in request
-//! order and, atomically: reads who holds the uids of a `Route` and publishes it to the other
-//! nodes among them (one round trip where reading and then publishing would take two); gives
-//! each uid of a `Retain` its next offset (making its epoch if it has none), appends the push
-//! to the uid's stream, reads who holds the uid, and publishes one message per holding node,
-//! this one included; answers `History` from the record and the stream; keeps the larger
+//! Offline history in Redis: a run of `Retain`, `History` and `Ack` requests goes to Redis as
+//! calls of one Lua script (`history.lua`), pipelined in one round trip after the batch's
+//! presence writes. Each call takes the requests of a chunk in request order and, atomically:
+//! gives each uid of a `Retain` its next offset (making its epoch if it has none), appends the
+//! push to the uid's stream, reads who holds the uid, and publishes one message per holding
+//! node, this one included; answers `History` from the record and the stream; keeps the larger
 //! acked offset for `Ack`. The script also reads the holders, so a node that registered a uid
 //! before asking its history is published to by every `Retain` that comes after that answer.
 
@@ -22,7 +20,7 @@ use sha1::{Digest, Sha1};
 use super::schema::Schema;
 use super::{ClusterError, Event, HistorySettings, Position, Reply, Request, Retained, wire};
 
-const SCRIPT: &str = include_str!("pushes.lua");
+const SCRIPT: &str = include_str!("history.lua");
 /// A call takes requests until they count this many (one each, plus one per uid): Redis runs
 /// nothing else while a call runs, so its length is bounded.
 const CHUNK: usize = 1024;
@@ -50,14 +48,12 @@ fn sha() -> &'static str {
     })
 }
 
-/// Runs `work` (requests the script takes: [`Request::is_scripted`]) after the writes already
-/// in `p`, and returns the replies. `settings` is `None` when the cluster keeps no history
-/// (then only routes come). A call that Redis runs after `deadline` (its clock, in ms) does
-/// nothing and its requests are answered `Unavailable`: by then the caller has been told so.
+/// Runs `work` (history requests only) after the writes already in `p`, and returns the
+/// replies.
 pub(super) fn run(
     conn: &mut Connection,
     schema: &Schema,
-    settings: Option<&HistorySettings>,
+    settings: &HistorySettings,
     deadline: i64,
     mut p: Pipeline,
     work: &[Request],
@@ -70,7 +66,7 @@ pub(super) fn run(
     let mut events = Vec::new();
     for (chunk, reply) in chunks.iter().zip(replies) {
         if matches!(&reply, Value::BulkString(late) if late == LATE) {
-            warn!("cluster: Redis ran a push script past its deadline; it did nothing");
+            warn!("cluster: Redis ran a history script past its deadline; it did nothing");
             chunk.refuse(&mut events);
             continue;
         }
@@ -88,8 +84,8 @@ struct Chunk<'a> {
     requests: &'a [Request],
     uids: Vec<&'a str>,
     index: HashMap<&'a str, usize>,
-    /// Per `Route` and `Retain`, in order: its distinct uids, as positions in `uids`.
-    pushes: Vec<Vec<usize>>,
+    /// Per `Retain`, in order: its distinct uids, as positions in `uids`.
+    retains: Vec<Vec<usize>>,
 }
 
 impl<'a> Chunk<'a> {
@@ -98,7 +94,7 @@ impl<'a> Chunk<'a> {
         let (mut start, mut weight) = (0, 0);
         for (i, request) in work.iter().enumerate() {
             let w = match request {
-                Request::Route { uids, .. } | Request::Retain { uids, .. } => 1 + uids.len(),
+                Request::Retain { uids, .. } => 1 + uids.len(),
                 _ => 2,
             };
             if weight + w > CHUNK && i > start {
@@ -118,14 +114,14 @@ impl<'a> Chunk<'a> {
             requests,
             uids: Vec::new(),
             index: HashMap::new(),
-            pushes: Vec::new(),
+            retains: Vec::new(),
         };
-        // Per uid, the number (from 1) of the last push that named it.
+        // Per uid, the number (from 1) of the last `Retain` that named it.
         let mut named_by = Vec::new();
         for request in requests {
             match request {
-                Request::Route { uids, .. } | Request::Retain { uids, .. } => {
-                    let number = chunk.pushes.len() + 1;
+                Request::Retain { uids, .. } => {
+                    let number = chunk.retains.len() + 1;
                     let mut distinct = Vec::with_capacity(uids.len());
                     for uid in uids {
                         let i = chunk.add(uid);
@@ -135,12 +131,12 @@ impl<'a> Chunk<'a> {
                             distinct.push(i);
                         }
                     }
-                    chunk.pushes.push(distinct);
+                    chunk.retains.push(distinct);
                 }
                 Request::History { uid, .. } | Request::Ack { uid, .. } => {
                     chunk.add(uid);
                 }
-                _ => unreachable!("only scripted requests run here"),
+                _ => unreachable!("only history requests run here"),
             }
         }
         chunk
@@ -158,18 +154,10 @@ impl<'a> Chunk<'a> {
         }
     }
 
-    /// Adds the script call to `p` (its layout is in `pushes.lua`; uids count from 1 there).
-    fn call(
-        &self,
-        p: &mut Pipeline,
-        schema: &Schema,
-        settings: Option<&HistorySettings>,
-        deadline: i64,
-    ) {
-        // Without a history only routes come, which read neither.
-        let (size, ttl) = settings.map_or((0, Duration::ZERO), |s| (s.size, s.ttl));
-        let record_ttl = RECORD_TTL.max(ttl).as_millis() as u64;
-        let ttl = ttl.as_millis() as u64;
+    /// Adds the script call to `p` (its layout is in `history.lua`; uids count from 1 there).
+    fn call(&self, p: &mut Pipeline, schema: &Schema, settings: &HistorySettings, deadline: i64) {
+        let ttl = settings.ttl.as_millis() as u64;
+        let record_ttl = RECORD_TTL.as_millis().max(settings.ttl.as_millis()) as u64;
         let fresh_epoch = format!("{:016x}", rand::random::<u64>());
         p.cmd("EVALSHA")
             .arg(sha())
@@ -182,7 +170,7 @@ impl<'a> Chunk<'a> {
         }
         p.arg(&schema.node_id)
             .arg(schema.channel_prefix())
-            .arg(size)
+            .arg(settings.size)
             .arg(ttl)
             .arg(record_ttl)
             .arg(fresh_epoch)
@@ -191,18 +179,11 @@ impl<'a> Chunk<'a> {
         for uid in &self.uids {
             p.arg(wire::string(uid));
         }
-        let mut pushes = self.pushes.iter();
+        let mut retains = self.retains.iter();
         for request in self.requests {
             match request {
-                Request::Route { uri, body, .. } => {
-                    let distinct = pushes.next().expect("one list per push");
-                    p.arg("p").arg(wire::rest(uri, body)).arg(distinct.len());
-                    for i in distinct {
-                        p.arg(i + 1);
-                    }
-                }
                 Request::Retain { seq, uri, body, .. } => {
-                    let distinct = pushes.next().expect("one list per push");
+                    let distinct = retains.next().expect("one list per retain");
                     p.arg("r")
                         .arg(wire::tail(*seq, uri, body))
                         .arg(distinct.len());
@@ -219,7 +200,7 @@ impl<'a> Chunk<'a> {
                         .arg(epoch)
                         .arg(*offset);
                 }
-                _ => unreachable!("only scripted requests run here"),
+                _ => unreachable!("only history requests run here"),
             }
         }
     }
@@ -227,9 +208,7 @@ impl<'a> Chunk<'a> {
     /// Answers each request that asked for an answer: Redis ran none of them.
     fn refuse(&self, events: &mut Vec<Event>) {
         events.extend(self.requests.iter().filter_map(|request| match request {
-            Request::Route { id, .. }
-            | Request::Retain { id, .. }
-            | Request::History { id, .. } => Some(Event::Reply {
+            Request::Retain { id, .. } | Request::History { id, .. } => Some(Event::Reply {
                 id: *id,
                 result: Err(ClusterError::Unavailable("Redis answered too late".into())),
             }),
@@ -239,17 +218,12 @@ impl<'a> Chunk<'a> {
 
     /// Turns the script's replies into events, one per request that asked for an answer.
     fn answer(&self, replies: Vec<Value>, events: &mut Vec<Event>) -> RedisResult<()> {
-        let mut pushes = self.pushes.iter();
+        let mut retains = self.retains.iter();
         for (request, reply) in self.requests.iter().zip(replies) {
             let (id, reply) = match request {
-                Request::Route { id, .. } => {
-                    pushes.next();
-                    let (remote,): (u64,) = from_redis_value(reply)?;
-                    (id, Reply::Routed { remote })
-                }
                 Request::Retain { id, .. } => {
                     let (remote, at): (u64, Vec<(String, u64)>) = from_redis_value(reply)?;
-                    let distinct = pushes.next().expect("one list per push");
+                    let distinct = retains.next().expect("one list per retain");
                     let positions = (distinct.iter().zip(at))
                         .map(|(&i, (epoch, offset))| Position {
                             uid: self.uids[i].to_owned(),

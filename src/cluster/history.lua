@@ -1,20 +1,16 @@
--- Pushes and the offline history: runs a chunk of Route, Retain, History and Ack requests in
--- request order, then publishes what the Routes and Retains sent, one message per node.
--- Atomic, so per uid the offsets, the stream and every node's channel see the same order, and
--- a push costs one round trip: holders are read and the push published in the same call.
--- Called by pushes.rs.
+-- Offline history: runs a chunk of Retain, History and Ack requests in request order, then
+-- publishes what the Retains sent, one message per node. Atomic, so per uid the offsets, the
+-- stream and every node's channel see the same order. Called by history.rs.
 --
 -- KEYS: the node set, then per uid i (from 1): presence hash KEYS[3i-1], history record
 --   KEYS[3i] (e epoch, o offset, a acked), stream KEYS[3i+1] (id = offset, t ms, p tail).
 -- ARGV: own node id, channel prefix, size, ttl ms, record ttl ms, epoch for uids without one,
 --   deadline (Redis ms), uid count n, the n uids wire-encoded, then the requests:
---   'p' rest k i1..ik | 'r' tail k i1..ik | 'h' i since | 'a' i epoch offset
---   ('p' is a push routed to the other nodes that hold its uids and kept nowhere; its rest is
---   its uri and body as wire.rs writes them.)
--- Returns one reply per request: {remote} | {remote, {{epoch, offset}...}} | {epoch, offset,
---   acked, {{offset, tail}...}} | 0; or 'late', having done nothing, when it runs after its
---   deadline: the node has told its callers the requests failed (a Redis that hung and came
---   back runs what was queued to it), so running them now would send pushes it disowned.
+--   'r' tail k i1..ik | 'h' i since | 'a' i epoch offset
+-- Returns one reply per request: {remote, {{epoch, offset}...}} | {epoch, offset, acked,
+--   {{offset, tail}...}} | 0; or 'late', having done nothing, when it runs after its deadline:
+--   the node has told its callers the requests failed (a Redis that hung and came back runs
+--   what was queued to it), so running them now would send and keep pushes it disowned.
 
 local own, prefix = ARGV[1], ARGV[2]
 local size, ttl, record_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -96,34 +92,7 @@ local replies, tally, appended = {}, {}, {}
 local a = 9 + n
 while a <= #ARGV do
   local op = ARGV[a]
-  if op == 'p' then
-    local rest, k = ARGV[a + 1], tonumber(ARGV[a + 2])
-    local groups, order = {}, {}
-    for j = 1, k do
-      local i = tonumber(ARGV[a + 2 + j])
-      for _, holder in ipairs(holders_of(i)) do
-        -- This node delivered it already.
-        if holder[1] ~= own then
-          local g = groups[holder[1]]
-          if not g then
-            g = {uids = {}, connections = 0}
-            groups[holder[1]] = g
-            order[#order + 1] = holder[1]
-          end
-          g.uids[#g.uids + 1] = ARGV[8 + i]
-          g.connections = g.connections + holder[2]
-        end
-      end
-    end
-    for _, node in ipairs(order) do
-      local g = groups[node]
-      local m = message(node)
-      m[#m + 1] = 'p' .. varint(#g.uids) .. table.concat(g.uids) .. rest
-      tally[#tally + 1] = {#replies + 1, node, g.connections}
-    end
-    replies[#replies + 1] = {0}
-    a = a + 3 + k
-  elseif op == 'r' then
+  if op == 'r' then
     local tail, k = ARGV[a + 1], tonumber(ARGV[a + 2])
     local positions, groups, order = {}, {}, {}
     for j = 1, k do
