@@ -16,8 +16,8 @@ use super::presence::Presence;
 use super::schema::{SWEEP_TTLS, Schema};
 use super::shared::Shared;
 use super::{
-    ClusterConfig, ClusterError, Event, HistorySettings, NodeInfo, Request, batch, history,
-    unix_ms, wire,
+    ClusterConfig, Event, HistorySettings, NodeInfo, Request, batch, history, refusals, unix_ms,
+    wire,
 };
 use crate::client::Backoff;
 
@@ -195,19 +195,7 @@ impl Commands {
 
     /// Answers what needed Redis with why it cannot be had; broadcasts and acks are dropped.
     fn refuse(&self, work: &[Request], reason: &str) {
-        let unavailable = || Err(ClusterError::Unavailable(reason.to_string()));
-        self.shared
-            .emit(work.iter().filter_map(|request| match request {
-                Request::Route { id, .. }
-                | Request::Retain { id, .. }
-                | Request::History { id, .. }
-                | Request::Kick { id, .. }
-                | Request::Online { id, .. } => Some(Event::Reply {
-                    id: *id,
-                    result: unavailable(),
-                }),
-                _ => None,
-            }));
+        self.shared.emit(refusals(work, reason));
     }
 
     fn housekeeping(&mut self) {

@@ -18,7 +18,7 @@ use redis::{Connection, Pipeline, RedisResult, Value, from_redis_value};
 use sha1::{Digest, Sha1};
 
 use super::schema::Schema;
-use super::{ClusterError, Event, HistorySettings, Position, Reply, Request, Retained, wire};
+use super::{Event, HistorySettings, Position, Reply, Request, Retained, refusals, wire};
 
 const SCRIPT: &str = include_str!("history.lua");
 /// A call takes requests until they count this many (one each, plus one per uid): Redis runs
@@ -67,7 +67,7 @@ pub(super) fn run(
     for (chunk, reply) in chunks.iter().zip(replies) {
         if matches!(&reply, Value::BulkString(late) if late == LATE) {
             warn!("cluster: Redis ran a history script past its deadline; it did nothing");
-            chunk.refuse(&mut events);
+            events.extend(refusals(chunk.requests, "Redis answered too late"));
             continue;
         }
         let replies: Vec<Value> = from_redis_value(reply)?;
@@ -203,17 +203,6 @@ impl<'a> Chunk<'a> {
                 _ => unreachable!("only history requests run here"),
             }
         }
-    }
-
-    /// Answers each request that asked for an answer: Redis ran none of them.
-    fn refuse(&self, events: &mut Vec<Event>) {
-        events.extend(self.requests.iter().filter_map(|request| match request {
-            Request::Retain { id, .. } | Request::History { id, .. } => Some(Event::Reply {
-                id: *id,
-                result: Err(ClusterError::Unavailable("Redis answered too late".into())),
-            }),
-            _ => None,
-        }));
     }
 
     /// Turns the script's replies into events, one per request that asked for an answer.

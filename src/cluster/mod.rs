@@ -258,6 +258,18 @@ impl Request {
         }
     }
 
+    /// The id it is answered under, if it asks for an answer.
+    fn answered_as(&self) -> Option<u64> {
+        match self {
+            Request::Route { id, .. }
+            | Request::Retain { id, .. }
+            | Request::History { id, .. }
+            | Request::Kick { id, .. }
+            | Request::Online { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
     /// Runs through the history script rather than the plain batch.
     fn is_history(&self) -> bool {
         matches!(
@@ -472,6 +484,16 @@ impl Drop for Broker {
 }
 
 /// Milliseconds since the Unix epoch, by this machine's clock.
+/// `Unavailable`, for `reason`, to each request of `work` that asks for an answer.
+fn refusals<'a>(work: &'a [Request], reason: &'a str) -> impl Iterator<Item = Event> + 'a {
+    work.iter()
+        .filter_map(Request::answered_as)
+        .map(|id| Event::Reply {
+            id,
+            result: Err(ClusterError::Unavailable(reason.to_string())),
+        })
+}
+
 fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
