@@ -17,12 +17,15 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use plex::protocol::{Codec, uri};
 
+use crate::alarm::Alarm;
 use crate::link::{Link, LinkConfig};
 use crate::payload;
 use crate::report::{Figures, Latency};
 
 /// The driver's socket; users are `Token(index + 1)`.
 pub const DRIVER: Token = Token(0);
+/// The alarm's wake-ups.
+const ALARM: Token = Token(usize::MAX);
 /// Setup or a run gives up after this long without progress.
 pub const STALL: Duration = Duration::from_secs(10);
 /// The longest a turn waits for events, so that callers look at their clocks often enough.
@@ -106,14 +109,18 @@ pub struct Fleet {
     started: Instant,
     /// The next user `churn` considers.
     churn_cursor: usize,
+    /// Wakes the poll when the driver's next message is due.
+    alarm: Alarm,
 }
 
 impl Fleet {
     /// Opens and (if configured) authenticates every connection; returns the fleet and how
     /// long that took.
     pub fn connect(config: FleetConfig) -> io::Result<(Fleet, Duration)> {
+        let poll = Poll::new()?;
+        let alarm = Alarm::start(poll.registry(), ALARM)?;
         let mut fleet = Fleet {
-            poll: Poll::new()?,
+            poll,
             events: Events::with_capacity(1024),
             users: Vec::with_capacity(config.conns),
             tally: Tally::new(config.link.codec),
@@ -122,6 +129,7 @@ impl Fleet {
             heartbeats_sent: 0,
             started: Instant::now(),
             churn_cursor: 0,
+            alarm,
         };
         let mut progress = (0, Instant::now());
         while fleet.tally.ready < fleet.config.conns {
@@ -257,7 +265,9 @@ impl Fleet {
         }
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
-            if event.token() == DRIVER {
+            if event.token() == ALARM {
+                // Only a wake-up: the caller's next `pump` sends what is due.
+            } else if event.token() == DRIVER {
                 if let Some(driver) = driver.as_deref_mut() {
                     driver.on_event(event)?;
                 }
@@ -283,6 +293,9 @@ impl Fleet {
         deadline: Instant,
     ) -> io::Result<()> {
         let wake = driver.pump(self.tally.count)?;
+        if let Some(wake) = wake {
+            self.alarm.set(wake);
+        }
         let next = wake.map_or(deadline, |wake| wake.min(deadline));
         let timeout = next.saturating_duration_since(Instant::now()).min(POLL_CAP);
         self.turn(Some(timeout), Some(driver))

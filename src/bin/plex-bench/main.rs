@@ -5,6 +5,7 @@
 //! the round trip of a client that splits its frames as the Android SDK did. One thread drives
 //! every good client socket, over TCP, TLS or WebSocket, through one mio `Poll`.
 
+mod alarm;
 mod attack;
 mod chaos;
 mod fleet;
