@@ -6,10 +6,13 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use common::redis::RedisServer;
 use common::*;
 use plex::Config;
+use plex::client::Connection;
 use plex::protocol::uri;
 use serde_json::{Value, json};
 
@@ -363,6 +366,76 @@ fn a_resume_racing_pushes_from_another_node_has_no_gap_duplicate_or_reordering()
             a.connect()
         }
     });
+}
+
+/// With another connection of the uid on the node, Redis publishes the uid's pushes to the
+/// node all along: those it placed before a resume's history read are in the replay and may
+/// still be on their way through the subscription when the history's answer arrives. A
+/// steady stream of pushes keeps some in flight at every resume.
+#[test]
+fn a_resume_beside_another_connection_of_the_uid_gets_no_push_twice() {
+    let redis = RedisServer::start();
+    let a = node_with(&redis, |c| {
+        c.history_size = 100_000;
+        c.max_pending_bytes = 64 * 1024 * 1024;
+    });
+    let mut sibling = a.user("7");
+    std::thread::spawn(move || while sibling.recv(Some(WAIT)).is_ok() {});
+    let mut reader = a.user("7");
+    wait_cluster_online(&a, "7", 2);
+    // What the reader got; `None` once the pusher is to stop.
+    let read = Arc::new((Mutex::new(Some(0u64)), Condvar::new()));
+    let pusher = {
+        let (read, mut inner) = (read.clone(), a.inner());
+        std::thread::spawn(move || {
+            let (got, progressed) = &*read;
+            let mut n = 0u64;
+            loop {
+                let mut got = got.lock().unwrap();
+                // At most 1,000 ahead of the reader, so that a replay always fits.
+                while got.is_some_and(|got| n >= got + 1_000) {
+                    got = progressed.wait(got).unwrap();
+                }
+                if got.is_none() {
+                    return n;
+                }
+                drop(got);
+                n += 1;
+                push(&mut inner, "7", "/m", &n.to_string());
+                // About 5,000 a second at most: steady, so that some are in flight at every
+                // resume.
+                if n.is_multiple_of(2) {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        })
+    };
+    let (got, progressed) = &*read;
+    let mut last = 0u64;
+    let next = |reader: &mut Connection, last: &mut u64| {
+        let (body, epoch, offset) = recv_at(reader);
+        assert_eq!((offset, body), (*last + 1, (*last + 1).to_string()));
+        *last = offset;
+        *got.lock().unwrap() = Some(offset);
+        progressed.notify_one();
+        epoch
+    };
+    for _ in 0..150 {
+        let mut epoch = String::new();
+        for _ in 0..100 {
+            epoch = next(&mut reader, &mut last);
+        }
+        reader = a.connect();
+        let resumed = reader.resume("7", (&epoch, last), WAIT).unwrap().unwrap();
+        assert!(resumed.recovered, "{resumed:?}");
+    }
+    *got.lock().unwrap() = None;
+    progressed.notify_one();
+    let sent = pusher.join().unwrap();
+    while last < sent {
+        next(&mut reader, &mut last);
+    }
+    assert_alive(&mut reader);
 }
 
 #[test]

@@ -141,6 +141,8 @@ pub struct Cluster {
     /// Pushes and broadcasts the cluster could not take (Redis down, or its queue full):
     /// delivered here only.
     pub unrouted: u64,
+    /// Where resumed connections' replays ended, until the live pushes pass it.
+    pub replayed: ReplayFloors,
     pending: HashMap<u64, Pending>,
     next_id: u64,
     next_load: u64,
@@ -180,6 +182,7 @@ impl Cluster {
             inner_local: config.inner_push_local,
             history: config.history_size > 0,
             unrouted: 0,
+            replayed: ReplayFloors::default(),
             pending: HashMap::new(),
             next_id: 0,
             next_load: 0,
@@ -450,6 +453,9 @@ impl Reactor {
                     }
                     _ => history::Recovery::lost(),
                 };
+                // Live pushes the history already held may still be on their way.
+                let cluster = self.ctx.cluster.as_mut().expect("cluster mode");
+                cluster.replayed.set(conn, &recovery.epoch, recovery.offset);
                 let step = session::replay(
                     &mut self.ctx,
                     client,
@@ -483,5 +489,80 @@ impl Reactor {
                 self.resume_http(conn);
             }
         }
+    }
+}
+
+/// The history a resuming connection replays is read on the broker's command connection,
+/// while live pushes come on its subscription: a push Redis placed before the read (so in
+/// the replay) can reach the reactor after the replay. Each entry is a resumed connection's
+/// epoch and the last offset it has; that connection skips pushes of that epoch at or below
+/// it. Redis publishes a uid's pushes in offset order, so the first one above it ends the
+/// entry; a connection that leaves first takes its entry with it.
+#[derive(Default)]
+pub struct ReplayFloors(HashMap<ConnRef, (Box<str>, u64)>);
+
+impl ReplayFloors {
+    pub fn set(&mut self, conn: ConnRef, epoch: &str, offset: u64) {
+        if offset > 0 && !epoch.is_empty() {
+            self.0.insert(conn, (epoch.into(), offset));
+        }
+    }
+
+    /// Whether `conn` already got the push at `(epoch, offset)` in its replay.
+    pub fn covers(&mut self, conn: ConnRef, epoch: &str, offset: u64) -> bool {
+        if self.0.is_empty() || offset == 0 {
+            return false;
+        }
+        let Some((floor_epoch, floor)) = self.0.get(&conn) else {
+            return false;
+        };
+        if **floor_epoch != *epoch {
+            return false;
+        }
+        if offset <= *floor {
+            return true;
+        }
+        self.0.remove(&conn);
+        false
+    }
+
+    pub fn forget(&mut self, conn: ConnRef) {
+        if !self.0.is_empty() {
+            self.0.remove(&conn);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::conns::Kind;
+
+    #[test]
+    fn a_floor_skips_its_epoch_up_to_its_offset_until_a_later_push_passes_it() {
+        let (one, two) = (
+            ConnRef::new(Kind::Client, 1, 0),
+            ConnRef::new(Kind::Client, 2, 0),
+        );
+        let mut floors = ReplayFloors::default();
+        floors.set(one, "e", 5);
+        floors.set(two, "e", 5);
+        // Unplaced pushes and other epochs are never skipped, nor other connections.
+        assert!(!floors.covers(one, "e", 0));
+        assert!(!floors.covers(one, "f", 3));
+        assert!(!floors.covers(ConnRef::new(Kind::Client, 1, 1), "e", 3));
+        assert!(floors.covers(one, "e", 4));
+        assert!(floors.covers(one, "e", 5));
+        // The first push above the floor ends it: Redis publishes in offset order.
+        assert!(!floors.covers(one, "e", 6));
+        assert!(!floors.covers(one, "e", 5));
+        // A connection that leaves takes its floor with it.
+        floors.forget(two);
+        assert!(!floors.covers(two, "e", 5));
+        assert!(floors.0.is_empty());
+        // Without a history (Redis unusable) there is nothing to skip.
+        floors.set(one, "", 9);
+        floors.set(one, "e", 0);
+        assert!(floors.0.is_empty());
     }
 }

@@ -122,8 +122,14 @@ pub fn deliver_here<S: AsRef<str>>(
         registry,
         counters,
         history,
+        cluster,
         ..
     } = ctx;
+    // Pushes through the cluster may have come already in a resumed connection's replay.
+    let mut replayed = match (&placed, cluster) {
+        (Some(_), Some(cluster)) => Some(&mut cluster.replayed),
+        _ => None,
+    };
     let mut delivered = 0;
     for (i, uid) in uids.iter().enumerate() {
         let uid = uid.as_ref();
@@ -155,6 +161,12 @@ pub fn deliver_here<S: AsRef<str>>(
             ..push
         };
         delivered += clients.queue_to(Some(keys), |r, conn| {
+            if let Some(replayed) = replayed.as_deref_mut()
+                && matches!(conn.state, State::User { .. })
+                && replayed.covers(r, &push.at.epoch, push.at.offset)
+            {
+                return Queued::Skipped;
+            }
             queue_push(core, limits, r, conn, frames, push)
         });
     }

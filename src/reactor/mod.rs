@@ -584,6 +584,8 @@ impl Reactor {
                     let offline = ctx.registry.remove(&uid, key as u32);
                     if let Some(cluster) = &mut ctx.cluster {
                         cluster.presence(&uid, ctx.registry.keys(&uid).len());
+                        let r = ConnRef::new(Kind::Client, key, conn.link.generation);
+                        cluster.replayed.forget(r);
                     }
                     if offline && let Some(hook) = &mut ctx.hooks.on_offline {
                         hook(&uid);
