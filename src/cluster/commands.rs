@@ -163,15 +163,17 @@ impl Commands {
         let mut runs = work.chunk_by(|a, b| a.is_history() == b.is_history());
         let (mut run, mut done) = (runs.next().unwrap_or_default(), 0);
         loop {
+            // Each run has its own time: an earlier run of this batch may have taken a while.
+            let run_start = self.now_ms();
             let conn = self.conn.as_mut().expect("connected");
             let result = match (run.first(), &self.history) {
                 (Some(first), Some(settings)) if first.is_history() => {
                     // Well before this thread gives up on the answer (`timeout`): a call Redis
                     // runs later does nothing, rather than send what was answered as failed.
-                    let deadline = now + self.timeout.as_millis() as i64 / 2;
+                    let deadline = run_start + self.timeout.as_millis() as i64 / 2;
                     history::run(conn, &self.schema, settings, deadline, p, run)
                 }
-                _ => batch::run(conn, &self.schema, now, p, run),
+                _ => batch::run(conn, &self.schema, run_start, p, run),
             };
             match result {
                 Ok(replies) => {
