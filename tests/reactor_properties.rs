@@ -571,17 +571,13 @@ fn run(case: &Case) {
 /// the frames of one read.
 #[test]
 fn a_heartbeat_flood_that_never_reads_the_answers() {
-    run(&Case {
-        mode: Mode::Uid,
-        ops: vec![Op::Client(
-            0,
-            ClientOp::Send(vec![
-                Piece::Frame(Frame::Auth(Answer::Accept("u0".into()))),
-                Piece::Flood(Frame::Heartbeat, 20_000),
-            ]),
-        )],
-        end: End::ActorsLeave,
-    });
+    one_client_sends(
+        vec![
+            Piece::Frame(Frame::Auth(Answer::Accept("u0".into()))),
+            Piece::Flood(Frame::Heartbeat, 20_000),
+        ],
+        End::ActorsLeave,
+    );
 }
 
 /// Random bytes that happen to read as a protobuf frame. Found on fa5c116 in CI: the
@@ -589,16 +585,21 @@ fn a_heartbeat_flood_that_never_reads_the_answers() {
 /// took the answer for a malformed JSON frame.
 #[test]
 fn random_bytes_that_read_as_protobuf_get_protobuf_answers() {
+    one_client_sends(
+        vec![
+            Piece::Raw(vec![0, 0, 0, 2, 0x08, 0x01]),
+            Piece::Frame(Frame::Heartbeat),
+        ],
+        End::Shutdown,
+    );
+}
+
+/// A case in uid mode where one client sends `pieces`, then `end`.
+fn one_client_sends(pieces: Vec<Piece>, end: End) {
     run(&Case {
         mode: Mode::Uid,
-        ops: vec![Op::Client(
-            0,
-            ClientOp::Send(vec![
-                Piece::Raw(vec![0, 0, 0, 2, 0x08, 0x01]),
-                Piece::Frame(Frame::Heartbeat),
-            ]),
-        )],
-        end: End::Shutdown,
+        ops: vec![Op::Client(0, ClientOp::Send(pieces))],
+        end,
     });
 }
 

@@ -483,7 +483,6 @@ impl Drop for Broker {
     }
 }
 
-/// Milliseconds since the Unix epoch, by this machine's clock.
 /// `Unavailable`, for `reason`, to each request of `work` that asks for an answer.
 fn refusals<'a>(work: &'a [Request], reason: &'a str) -> impl Iterator<Item = Event> + 'a {
     work.iter()
@@ -494,6 +493,7 @@ fn refusals<'a>(work: &'a [Request], reason: &'a str) -> impl Iterator<Item = Ev
         })
 }
 
+/// Milliseconds since the Unix epoch, by this machine's clock.
 fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
